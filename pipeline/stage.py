@@ -1,0 +1,68 @@
+"""What a stage is: named steps of independent tasks that write into a staging folder, published at once.
+
+A stage's code lives in the package that owns the work (`data_prep/`, `pipeline/train.py`, ...); it
+exposes a module-level `STAGE`. Each `Step` runs as `num_tasks(cfg)` independent tasks (a Slurm array
+on a cluster); a task is `run(ctx)` and must only write its own files. Steps run in order; once the
+last step's tasks are all complete the staging folder is published as `<run_dir>/<stage.name>/`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pipeline.config import RunConfig
+
+
+def one_task(cfg: RunConfig) -> int:
+    return 1
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[TaskContext], None]
+    num_tasks: Callable[[RunConfig], int] = one_task
+    # "cpu": a data task (array element on the CPU partition); "gpu": one distributed job of
+    # train.num_nodes x train.devices_per_node processes, every one calling run(ctx).
+    kind: Literal["cpu", "gpu"] = "cpu"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    needs: tuple[str, ...]
+    sections: tuple[str, ...]  # config sections the stage reads: its config hash covers these
+    steps: tuple[Step, ...]
+    description: str = ""
+    # False for stages that write in place and resume themselves (pretraining writes checkpoints/).
+    publish: bool = True
+    # Short human summary of a published output folder, for `graine status` and the end of a run.
+    summary: Callable[[Path], str] | None = None
+    # Raw inputs outside the run directory (paths), hashed into the completion record (clean only).
+    external_inputs: Callable[[RunConfig], list[Path]] | None = None
+
+
+@dataclass
+class TaskContext:
+    """What a task gets: its config, its place in the step, and where to read and write."""
+
+    cfg: RunConfig
+    stage: str
+    step: str
+    rank: int
+    world_size: int
+    out_dir: Path  # the staging folder, published as <run_dir>/<stage>; write final outputs here
+    work_dir: Path  # scratch shared by the stage's tasks; deleted after publication
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("graine"))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run_dir)
+
+    def input_dir(self, stage: str) -> Path:
+        """The published output of an upstream stage."""
+        return self.run_dir / stage
