@@ -80,6 +80,9 @@ class TokenizerConfig:
     byte_fallback: bool = param(True, help="encode unknown characters as bytes (no <unk>)")
     max_memory_gb: float = param(0.0, ge=0.0, help="memory the training may use; 0 = the job's or machine's")
     threads: int = param(0, ge=0, help="training threads; 0 = the job's CPUs")
+    character_coverage: float = param(0.9995, ge=0.9, le=1.0, help="share of sample characters given their own "
+                                      "piece; the rarest fall back to bytes")
+    split_by_whitespace: bool = param(True, help="pieces never span a space (false lets pieces like 'a▁b' form)")
 
 
 @dataclass(kw_only=True)
@@ -89,23 +92,46 @@ class PreprocessConfig:
     multipliers: dict[str, float] = param(default_factory=dict, help="explicit per-dataset weight multipliers")
     split_by_source: bool = param(False, help="one dataset per language and source instead of per language")
     validation_fraction: float = param(0.01, ge=0.0, le=0.5, help="share of documents held out for validation")
+    source_field: str = param("source", help="clean/ record field naming the source, for split_by_source")
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    size: str = param("demo", help="a preset name (demo, 560m, 1b1, 1b7, 3b, 7b1, 176b) or 'custom'")
-    num_layers: int = param(2, ge=1, help="transformer blocks")
-    hidden_size: int = param(64, ge=8, help="model width")
-    num_heads: int = param(4, ge=1, help="attention heads (need not be a power of two)")
+    size: str = param("demo", help="a preset name (demo, 560m, 1b1, 1b7, 3b, 7b1, 176b; pipeline/model_presets.py) "
+                                   "or 'custom'; shape fields left at 0 come from the preset")
+    num_layers: int = param(0, ge=0, help="transformer blocks; 0 = the preset's")
+    hidden_size: int = param(0, ge=0, help="model width; 0 = the preset's")
+    num_heads: int = param(0, ge=0, help="attention heads (need not be a power of two); 0 = the preset's")
     max_positions: int = param(2048, ge=8, help="longest sequence the run may use (ALiBi has no position table)")
-    vocab_size: int = param(0, ge=0, help="0 = the tokenizer's size")
+    vocab_size: int = param(0, ge=0, help="0 = the tokenizer's size (BLOOM's released models: 250880)")
     pad_vocab_to_multiple: int = param(128, ge=1, help="pad the embedding rows to a multiple of this")
     layer_norm_eps: float = param(1e-5, gt=0.0, help="LayerNorm epsilon")
     init_std: float = param(0.0217, gt=0.0, help="normal init std (BLOOM: 0.0048 at 176b)")
     hidden_dropout: float = param(0.0, ge=0.0, le=1.0)
     attention_dropout: float = param(0.0, ge=0.0, le=1.0)
-    kernels: Literal["auto", "triton", "apex", "torch"] = param("auto", help="fused-kernel backend")
+    kernels: Literal["auto", "triton", "apex", "torch"] = param("auto", help="fused-kernel backend (kernels/dispatch.py)")
+    attention: Literal["auto", "triton", "flex", "sdpa", "eager"] = param(
+        "auto", help="attention implementation; auto follows model.kernels")
+    loss_chunk_tokens: int = param(4096, ge=1, help="tokens per chunk of the output projection + cross-entropy "
+                                                  "(bounds the logits held at once)")
     compile: bool = param(False, help="wrap the model in torch.compile")
+
+    def __post_init__(self) -> None:
+        # A preset fills the shape fields left at 0, so `size: 560m` alone is a complete model and
+        # `size: 560m, num_layers: 4` is a shallow 560m for tests.
+        from pipeline.model_presets import PRESETS
+
+        if self.size != "custom":
+            if self.size not in PRESETS:
+                raise ConfigError(f"model.size={self.size!r} is not a preset; use one of "
+                                  f"{', '.join(PRESETS)} or 'custom' with model.num_layers/hidden_size/num_heads")
+            preset = PRESETS[self.size]
+            for name in ("num_layers", "hidden_size", "num_heads"):
+                if getattr(self, name) == 0:
+                    setattr(self, name, getattr(preset, name))
+        for name in ("num_layers", "hidden_size", "num_heads"):
+            if getattr(self, name) == 0:
+                raise ConfigError(f"model.{name} is 0 with model.size=custom; set model.{name} or pick a preset size")
 
 
 @dataclass(kw_only=True)

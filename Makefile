@@ -1,0 +1,92 @@
+# graine: one target per stage. CONFIG picks the run, EXECUTOR where it runs (inline, local, slurm).
+# Every target depends on `setup`, so a fresh clone needs nothing typed first.
+SHELL := /bin/bash
+CONFIG ?= configs/demo.yaml
+EXECUTOR ?= local
+ARGS ?=
+# Inside an environment that already has torch (a cluster module, an active venv or conda env),
+# graine installs into it and leaves torch alone; otherwise it creates .venv with the CPU torch wheel.
+HOST_PY := $(shell command -v python3 || command -v python)
+USE_ACTIVE := $(shell [ ! -x .venv/bin/python ] && { [ -n "$$VIRTUAL_ENV$$CONDA_PREFIX" ] || [ -n "$$GRAINE_USE_ACTIVE_ENV" ]; } && $(HOST_PY) -c 'import torch' 2>/dev/null && echo 1)
+ifeq ($(USE_ACTIVE),1)
+PY := $(HOST_PY)
+else
+PY := .venv/bin/python
+endif
+GRAINE := $(PY) -m pipeline.cli
+STAMP := .graine-setup.stamp
+TORCH_PIN := torch==2.13.0
+export DS_ACCELERATOR ?= cpu
+export OMP_NUM_THREADS ?= 1
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help setup demo corpus test test-fast lint clean-corpus tokenizer preprocess pretrain resume export status bench slurm-up slurm-down clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+	@echo; echo "variables: CONFIG=$(CONFIG) EXECUTOR=$(EXECUTOR) ARGS='key=value ...'"
+
+setup: $(STAMP)  ## create .venv (or use the active env with its torch) and install graine
+$(STAMP): pyproject.toml
+ifeq ($(USE_ACTIVE),1)
+	$(PY) -m pip install -e '.[dev]'
+else
+	[ -x .venv/bin/python ] || $(HOST_PY) -m venv .venv
+	# torch pinned in the same call as deepspeed: unpinned, it resolves to a multi-GB CUDA build.
+	if .venv/bin/python -c 'import torch' 2>/dev/null; then .venv/bin/pip install -q -e '.[dev]'; \
+	else .venv/bin/pip install -q $(TORCH_PIN) -e '.[dev]'; fi
+endif
+	touch $@
+
+corpus: setup  ## generate the embedded multilingual demo corpus
+	$(PY) -m data_prep.synthetic runs/demo-corpus
+
+demo: setup corpus  ## the whole pipeline on the embedded default, on this machine
+	$(GRAINE) run all -c $(CONFIG) --executor $(EXECUTOR) $(ARGS)
+	$(GRAINE) status -c $(CONFIG) $(ARGS)
+
+clean-corpus: setup  ## stage clean: normalise, language-id, filter, redact, dedup
+	$(GRAINE) run clean -c $(CONFIG) --executor $(EXECUTOR) $(ARGS)
+
+tokenizer: setup  ## stage tokenizer: SentencePiece + Hugging Face tokenizer
+	$(GRAINE) run tokenizer -c $(CONFIG) --executor $(EXECUTOR) $(ARGS)
+
+preprocess: setup  ## stage preprocess: token shards (Megatron mmap) and blend
+	$(GRAINE) run preprocess -c $(CONFIG) --executor $(EXECUTOR) $(ARGS)
+
+pretrain: setup  ## stage pretrain: DeepSpeed training (resumes if checkpoints exist)
+	$(GRAINE) run pretrain -c $(CONFIG) --executor $(EXECUTOR) $(ARGS)
+
+resume: pretrain  ## resume pretraining from the latest valid checkpoint (same as pretrain)
+
+export: setup  ## stage export: a Hugging Face release of a checkpoint
+	$(GRAINE) run export -c $(CONFIG) --executor $(EXECUTOR) $(ARGS)
+
+status: setup  ## where each stage of the run stands
+	$(GRAINE) status -c $(CONFIG) $(ARGS)
+
+slurm-up:  ## install (first time) and start a single-node Slurm on this machine
+	bash slurm/local-cluster/install.sh
+	bash slurm/local-cluster/start.sh
+
+slurm-down:  ## stop the local Slurm
+	bash slurm/local-cluster/stop.sh
+
+lint: setup  ## ruff
+	$(PY) -m ruff check .
+
+# pytest exits 5 when it collects nothing: a filtered run with no tests is not a failure.
+test: setup lint  ## lint and the whole test suite (real Slurm tests need `make slurm-up` or CI)
+	$(PY) -m pytest -q $(ARGS) || [ $$? -eq 5 ]
+
+test-fast: setup  ## tests not marked slow or slurm
+	$(PY) -m pytest -q -m "not slow and not slurm" $(ARGS) || [ $$? -eq 5 ]
+
+bench: setup  ## benchmarks (print figures; see README)
+	@for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:  ## remove runs/ (your data!) and caches, keep .venv
+	rm -rf runs .pytest_cache .ruff_cache

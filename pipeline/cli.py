@@ -1,0 +1,233 @@
+"""The `graine` command.
+
+    graine run STAGE|all -c CONFIG [--executor inline|local|slurm] [--force] [--dry-run] [key=value ...]
+    graine status -c CONFIG
+    graine sbatch STAGE -c CONFIG [key=value ...]      # a standalone sbatch script, for hand submission
+    graine task STAGE STEP -c CONFIG [--rank R]        # one task; what sbatch scripts run under srun
+    graine publish STAGE -c CONFIG                     # publish a stage whose tasks are all complete
+    graine checkpoint list|universal|dump ...          # checkpoint tools
+
+Exit codes: 0 success, 1 failure, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+
+from pipeline import stages
+from pipeline.config import load_config
+from pipeline.errors import ConfigError, GraineError
+
+log = logging.getLogger("graine")
+
+EPILOG = """overrides are key=value pairs, the value parsed as YAML:
+  train.lr=3e-4   clean.languages='[en, fr]'   cluster.profile=jean-zay-h100 cluster.account=abc@h100
+
+stages, in order: clean, tokenizer, preprocess, pretrain, export (or 'all')"""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits 2 too; keep its usage line and add the fix
+        self.print_usage(sys.stderr)
+        self.exit(2, f"graine: error: {message}\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", default=os.environ.get("GRAINE_CONFIG"),
+                   help="run configuration (YAML), e.g. configs/demo.yaml")
+    # Overrides (key=value) are collected from what argparse leaves over, so they may come anywhere.
+    p.usage = "%(prog)s [options] [key=value ...]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="graine", description="Train BLOOM-style multilingual language models on Slurm.",
+               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    r = sub.add_parser("run", help="run a stage (or all) and everything it needs that is not done",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("stage", help="clean, tokenizer, preprocess, pretrain, export or all")
+    r.add_argument("--executor", "-e", default=os.environ.get("GRAINE_EXECUTOR") or "local",
+                   help="inline (this process), local (processes here, default) or slurm")
+    r.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
+    r.add_argument("--dry-run", action="store_true", help="print the resolved config and the jobs; submit nothing")
+    r.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs to finish")
+    _common(r)
+
+    s = sub.add_parser("status", help="state of every stage of a run")
+    _common(s)
+
+    b = sub.add_parser("sbatch", help="print a standalone sbatch script for a stage")
+    b.add_argument("stage")
+    _common(b)
+
+    t = sub.add_parser("task", help="run one task of a step (used inside sbatch scripts)")
+    t.add_argument("stage")
+    t.add_argument("step")
+    t.add_argument("--rank", type=int, default=None, help="task index; default $SLURM_PROCID or 0")
+    _common(t)
+
+    pb = sub.add_parser("publish", help="publish a stage whose tasks are all complete")
+    pb.add_argument("stage")
+    _common(pb)
+
+    ck = sub.add_parser("checkpoint", help="list, convert (universal) or dump checkpoints")
+    ck.add_argument("action", choices=["list", "universal", "dump"])
+    ck.add_argument("step", nargs="?", help="checkpoint step (universal, dump)")
+    _common(ck)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if a.startswith("-") or "=" not in a]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides are key=value)")
+    args.overrides = extra
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return COMMANDS[args.command](args)
+    except GraineError as exc:
+        print(f"graine: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("graine: interrupted; completed tasks are kept, re-run the same command to go on", file=sys.stderr)
+        return 130
+
+
+def _config(args):
+    if args.config is None:
+        raise ConfigError("no run configuration: pass -c CONFIG (e.g. -c configs/demo.yaml)")
+    return load_config(args.config, args.overrides)
+
+
+def cmd_run(args) -> int:
+    from pipeline import runner
+    from pipeline.executors import EXECUTORS
+
+    if args.executor not in EXECUTORS:
+        raise ConfigError(f"--executor {args.executor} is unknown; valid executors: {', '.join(EXECUTORS)}")
+    cfg = _config(args)
+    targets = runner.resolve([args.stage])
+    if args.executor == "slurm":
+        from pipeline.slurm import job_for
+
+        for stage in targets:  # profile and Slurm keys are checked before anything is submitted
+            for step in stage.steps:
+                job_for(cfg, step.kind, step.num_tasks(cfg))
+    if args.dry_run:
+        print(dry_run(cfg, targets, args.executor, args.force))
+        return 0
+    runner.run(cfg, [args.stage], executor=args.executor, force=args.force, wait=args.wait,
+               command=shlex.join(["graine", *sys.argv[1:]]))
+    return 0
+
+
+def dry_run(cfg, targets, executor: str, force: bool) -> str:
+    from pipeline import runner
+
+    lines = ["# resolved configuration", cfg.to_yaml().rstrip(), "", f"# jobs ({executor} executor)"]
+    upstream = False
+    for stage in targets:
+        plan = runner.plan_stage(cfg, stage, force, upstream_rerun=upstream)
+        upstream = upstream or plan.action == "run"
+        lines.append(f"{stage.name}: {plan.action} — {plan.reason}")
+        for step in stage.steps if plan.action == "run" else []:
+            ranks = plan.tasks[step.name]
+            what = (f"{cfg.train.num_nodes} node(s) x {cfg.train.devices_per_node} process(es)"
+                    if step.kind == "gpu" else f"{len(ranks)} task(s) {_ranges(ranks)}")
+            line = f"  step {step.name} ({step.kind}): {what}"
+            if executor == "slurm":
+                from pipeline.slurm import job_for
+
+                job = job_for(cfg, step.kind, len(ranks) or 1)
+                line += "\n    sbatch " + " ".join(f"{k}={v}" for k, v in job.params.items() if k != "setup")
+            lines.append(line)
+        if plan.action == "run" and stage.publish:
+            lines.append(f"  then publish {cfg.run_dir}/{stage.name}/")
+    return "\n".join(lines)
+
+
+def _ranges(ranks: list[int]) -> str:
+    if not ranks:
+        return ""
+    return f"[{ranks[0]}..{ranks[-1]}]" if ranks == list(range(ranks[0], ranks[-1] + 1)) else str(ranks)
+
+
+def cmd_status(args) -> int:
+    from pipeline.status import format_status
+
+    print(format_status(_config(args)))
+    return 0
+
+
+def cmd_sbatch(args) -> int:
+    from pipeline.slurm import render_sbatch
+
+    cfg = _config(args)
+    print(render_sbatch(cfg, stages.get(args.stage), args.config, args.overrides))
+    return 0
+
+
+def cmd_task(args) -> int:
+    from pipeline.task import TaskRunner
+
+    cfg = _config(args)
+    stage = stages.get(args.stage)
+    steps = {s.name: s for s in stage.steps}
+    if args.step not in steps:
+        raise ConfigError(f"stage {stage.name} has no step '{args.step}'; its steps: {', '.join(steps)}")
+    step = steps[args.step]
+    rank = args.rank if args.rank is not None else int(os.environ.get("SLURM_PROCID", 0))
+    n = step.num_tasks(cfg)
+    if step.kind == "cpu" and not 0 <= rank < n:
+        raise ConfigError(f"--rank {rank} is outside 0..{n - 1} for {stage.name}/{step.name}")
+    result = TaskRunner(cfg.to_dict(), stage, step.name, n)(rank)
+    print(result)
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from pipeline.task import StagePaths, publish
+
+    cfg = _config(args)
+    stage = stages.get(args.stage)
+    paths = StagePaths(cfg.run_path, stage.name)
+    for step in stage.steps:
+        n = 1 if step.kind == "gpu" else step.num_tasks(cfg)
+        missing = [r for r in range(n) if not paths.marker(step.name, r).exists()]
+        if missing:
+            raise GraineError(f"{stage.name}/{step.name}: tasks {missing[:10]} are not complete; run them first")
+    print(publish(cfg, stage))
+    return 0
+
+
+def cmd_checkpoint(args) -> int:
+    try:
+        from checkpoints.cli import checkpoint_command
+    except ModuleNotFoundError as exc:
+        if exc.name != "checkpoints.cli":
+            raise
+        raise GraineError("checkpoint tools are not implemented yet") from None
+    return checkpoint_command(_config(args), args.action, args.step)
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "sbatch": cmd_sbatch, "task": cmd_task,
+            "publish": cmd_publish, "checkpoint": cmd_checkpoint}
+
+
+def entry() -> None:  # pragma: no cover - console script
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # A distributed task leaves through os._exit (gloo shutdown race, DEEPSPEED_CPU.md).
+    os._exit(code) if os.environ.get("RANK") else sys.exit(code)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,226 @@
+"""Where tasks run: in this process (`inline`), as local processes (`local`) or as Slurm jobs (`slurm`).
+
+`local` and `slurm` go through submitit, so the same pickled task runs on a laptop and on Jean Zay.
+Data steps are arrays of tasks; a training step is one job of nodes × tasks-per-node processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import RunConfig
+from pipeline.errors import ConfigError, StageError
+
+log = logging.getLogger("graine")
+EXECUTORS = ("inline", "local", "slurm")
+
+
+@dataclass
+class Handle:
+    """A submitted task; `job` is a submitit Job, or None for inline tasks (already done)."""
+
+    label: str
+    job: Any = None
+    result: Any = None
+
+    @property
+    def job_id(self) -> str:
+        return str(self.job.job_id) if self.job is not None else "inline"
+
+
+def tail(path: Path | None, lines: int = 12) -> str:
+    if path is None or not Path(path).exists():
+        return "(no log)"
+    text = Path(path).read_text(errors="replace").splitlines()
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def failure(handle: Handle, exc: BaseException) -> StageError:
+    job = handle.job
+    if job is None:
+        return StageError(f"{handle.label} failed: {exc}")
+    err = job.paths.stderr
+    return StageError(f"{handle.label} failed (job {job.job_id}); log: {err}\n  last lines:\n{tail(err)}")
+
+
+class Executor:
+    name = "base"
+    waits = True  # whether run() blocks until jobs finish (slurm queues a chain and returns)
+
+    def __init__(self, cfg: RunConfig, folder: Path):
+        self.cfg = cfg
+        self.folder = folder
+
+    def submit_tasks(self, fn, ranks: list[int], kind: str, after: list[Handle]) -> list[Handle]:
+        raise NotImplementedError
+
+    def submit_one(self, fn, kind: str, after: list[Handle], label: str) -> Handle:
+        raise NotImplementedError
+
+    def wait(self, handles: list[Handle]) -> list[Any]:
+        return [h.result for h in handles]
+
+
+class InlineExecutor(Executor):
+    """Runs every task in this process, one after the other: for debugging with pdb."""
+
+    name = "inline"
+
+    def submit_tasks(self, fn, ranks, kind, after):
+        if kind == "gpu" and self.cfg.train.devices_per_node * self.cfg.train.num_nodes > 1:
+            raise ConfigError("--executor inline runs one process; set train.devices_per_node=1 "
+                              "train.num_nodes=1 or use --executor local")
+        return [self._call(fn, f"task {r}", r) for r in ranks]
+
+    def submit_one(self, fn, kind, after, label):
+        return self._call(fn, label)
+
+    @staticmethod
+    def _call(fn, label, *args):
+        try:
+            return Handle(label, None, fn(*args))
+        except StageError:
+            raise
+        except Exception as exc:
+            raise StageError(f"{label} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class LocalExecutor(Executor):
+    """submitit's local executor: each task is a process on this machine, at most `parallel` at once."""
+
+    name = "local"
+
+    def __init__(self, cfg, folder, parallel: int | None = None):
+        super().__init__(cfg, folder)
+        self.parallel = parallel or int(os.environ.get("GRAINE_LOCAL_PARALLEL", 0)) or len(os.sched_getaffinity(0))
+        self.on_submit = lambda pids: None  # the runner records pids in the lock
+
+    def _executor(self, tasks_per_node: int = 1):
+        import submitit
+
+        ex = submitit.LocalExecutor(folder=str(self.folder / "%j"))
+        ex.update_parameters(timeout_min=60 * 24 * 30, tasks_per_node=tasks_per_node)
+        return ex
+
+    def submit_tasks(self, fn, ranks, kind, after):
+        if kind == "gpu":
+            world = self.cfg.train.devices_per_node * self.cfg.train.num_nodes
+            job = self._executor(tasks_per_node=world).submit(fn, 0)
+            self.on_submit([job.job_id])
+            return [Handle("training job", job)]
+        ex = self._executor()
+        handles: list[Handle] = []
+        running: list[Handle] = []
+        # Bounded parallelism: a 64-task array should not start 64 processes on a laptop.
+        for rank in ranks:
+            while len(running) >= self.parallel:
+                running = self._reap(running)
+            job = ex.submit(fn, rank)
+            self.on_submit([job.job_id])
+            h = Handle(f"task {rank}", job)
+            handles.append(h)
+            running.append(h)
+        return handles
+
+    def submit_one(self, fn, kind, after, label):
+        job = self._executor().submit(fn)
+        self.on_submit([job.job_id])
+        return Handle(label, job)
+
+    def _reap(self, running: list[Handle]) -> list[Handle]:
+        time.sleep(0.2)
+        still = []
+        for h in running:
+            if h.job.done():
+                self._result(h)
+            else:
+                still.append(h)
+        return still
+
+    def _result(self, h: Handle) -> Any:
+        try:
+            h.result = h.job.result()
+        except Exception as exc:  # submitit raises FailedJobError with the remote traceback
+            raise failure(h, exc) from None
+        return h.result
+
+    def wait(self, handles):
+        return [self._result(h) for h in handles]
+
+
+class SlurmExecutor(Executor):
+    """submitit's Slurm executor with the site profile: arrays for data steps, afterok between steps."""
+
+    name = "slurm"
+    waits = False
+
+    def __init__(self, cfg, folder, wait: bool = False):
+        super().__init__(cfg, folder)
+        self.waits = wait
+
+    def _executor(self, kind: str, num_tasks: int, after: list[Handle], name: str):
+        import submitit
+
+        from pipeline.slurm import job_for
+
+        job = job_for(self.cfg, kind, num_tasks)
+        ex = submitit.SlurmExecutor(folder=str(self.folder / "%j"), max_num_timeout=self.cfg.checkpoint.max_num_timeout)
+        params = dict(job.params)
+        setup = list(params.pop("setup", [])) + [f"export {k}={shlex.quote(str(v))}" for k, v in job.env.items()]
+        extra = dict(params.pop("additional_parameters", {}) or {})
+        deps = sorted({h.job.job_id.split("_")[0] for h in after if h.job is not None})
+        if deps:
+            extra["dependency"] = "afterok:" + ":".join(deps)
+            extra["kill_on_invalid_dep"] = "yes"
+        ex.update_parameters(**params, setup=setup, additional_parameters=extra, job_name=f"graine-{name}")
+        return ex
+
+    def submit_tasks(self, fn, ranks, kind, after):
+        label = getattr(fn, "step", "task")
+        if kind == "gpu":
+            job = self._executor("gpu", 1, after, label).submit(fn, 0)
+            return [Handle("training job", job)]
+        ex = self._executor("cpu", len(ranks), after, label)
+        jobs = ex.map_array(fn, ranks)
+        return [Handle(f"task {r}", j) for r, j in zip(ranks, jobs)]
+
+    def submit_one(self, fn, kind, after, label):
+        job = self._executor(kind, 1, after, label.replace(" ", "-")).submit(fn)
+        return Handle(label, job)
+
+    def wait(self, handles):
+        if not self.waits:
+            return [None for _ in handles]
+        out = []
+        for h in handles:
+            try:
+                h.result = h.job.result()
+            except Exception as exc:
+                raise failure(h, exc) from None
+            out.append(h.result)
+        return out
+
+
+def make_executor(name: str, cfg: RunConfig, folder: Path, wait: bool = False) -> Executor:
+    if name == "inline":
+        return InlineExecutor(cfg, folder)
+    if name == "local":
+        return LocalExecutor(cfg, folder)
+    if name == "slurm":
+        return SlurmExecutor(cfg, folder, wait=wait)
+    raise ConfigError(f"unknown executor '{name}'; valid executors: {', '.join(EXECUTORS)}")
+
+
+@dataclass
+class Submitted:
+    """What a run submitted, saved for `graine status`."""
+
+    executor: str
+    jobs: dict[str, list[str]] = field(default_factory=dict)  # step -> job ids
+    logs: str = ""

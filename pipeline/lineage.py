@@ -1,0 +1,158 @@
+"""Completion records and the staleness rules that make re-runs safe.
+
+A published stage folder holds `_COMPLETE.json`: the hashes of its inputs (upstream stages' output
+hashes, or the content hashes of raw files), the hash of the config sections it reads, a manifest of
+its outputs (size and sha256 per file), package versions, times, host and Slurm job id. Downstream
+stages use the output hash as their input hash, so a change anywhere upstream is seen downstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from pipeline.config import RunConfig
+from pipeline.stage import Stage
+
+RECORD = "_COMPLETE.json"
+RESOLVED_CONFIG = "config.yaml"
+# Files beside the outputs that describe them rather than being them.
+NOT_OUTPUTS = {RECORD, RESOLVED_CONFIG}
+PACKAGES = ("graine", "torch", "deepspeed", "sentencepiece", "submitit", "transformers", "numpy")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest(folder: Path) -> dict[str, dict]:
+    """{relative path: {size, sha256}} of every output file under `folder`."""
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel in NOT_OUTPUTS:
+            continue
+        out[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    return out
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RawHashCache:
+    """Content hashes of raw input files, remembered by (path, size, mtime) so status stays cheap."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.cache = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            self.cache = {}
+
+    def hash(self, file: Path) -> str:
+        st = file.stat()
+        key = f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in self.cache:
+            self.cache[key] = sha256_file(file)
+        return self.cache[key]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.cache))
+        os.replace(tmp, self.path)
+
+
+def read_record(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class Fingerprint:
+    """What a stage's result depends on: its input hashes and its config hash."""
+
+    inputs: dict[str, str]
+    config_hash: str
+    missing: list[str]  # upstream stages not complete yet
+
+    @property
+    def key(self) -> str:
+        return digest({"inputs": self.inputs, "config": self.config_hash})
+
+
+def fingerprint(cfg: RunConfig, stage: Stage) -> Fingerprint:
+    run_dir = Path(cfg.run_dir)
+    inputs, missing = {}, []
+    for name in stage.needs:
+        rec = read_record(run_dir / name)
+        if rec is None:
+            missing.append(name)
+        else:
+            inputs[name] = rec["output_hash"]
+    if stage.external_inputs is not None:
+        cache = RawHashCache(run_dir / ".work" / "raw-hashes.json")
+        files = stage.external_inputs(cfg)
+        inputs["raw"] = digest({str(f): cache.hash(f) for f in files})
+        cache.save()
+    return Fingerprint(inputs, cfg.section_hash(*stage.sections), missing)
+
+
+def write_record(folder: Path, stage: Stage, fp: Fingerprint, started: float, extra: dict | None = None) -> dict:
+    files = manifest(folder)
+    record = {
+        "stage": stage.name,
+        "inputs": fp.inputs,
+        "config_hash": fp.config_hash,
+        "output_hash": digest(files),
+        "files": files,
+        "versions": versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "argv": sys.argv,
+        **(extra or {}),
+    }
+    tmp = folder / f".{RECORD}.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, folder / RECORD)
+    return record
+
+
+def stale_reason(record: dict, fp: Fingerprint, sections: tuple[str, ...]) -> str | None:
+    """Why a complete stage no longer matches its inputs or config, or None when it is up to date."""
+    if fp.missing:
+        return f"upstream {', '.join(fp.missing)} is not complete"
+    changed = [name for name in fp.inputs if record.get("inputs", {}).get(name) != fp.inputs[name]]
+    if changed:
+        what = ["raw inputs" if n == "raw" else n for n in changed]
+        return f"input {', '.join(what)} changed since it ran"
+    if record.get("config_hash") != fp.config_hash:
+        return f"config section(s) {', '.join(sections)} changed since it ran"
+    return None

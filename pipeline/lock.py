@@ -1,0 +1,165 @@
+"""One pipeline writes a run directory at a time.
+
+The lock is a JSON file created with O_EXCL naming its holder: host, pid, Slurm job id and the jobs it
+submitted. A holder is stale when its process is dead (same host) and none of its jobs is alive (local
+pids, or Slurm jobs still known to `squeue`); a stale lock is taken over with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from pipeline.errors import LockError
+
+log = logging.getLogger("graine")
+LOCK_NAME = ".graine.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (finished, not yet reaped) counts as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+def _slurm_jobs_alive(job_ids: list[str]) -> bool | None:
+    """True/False from squeue; None when squeue cannot answer (then we cannot call the lock stale)."""
+    if not job_ids:
+        return False
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(j.split("_")[0] for j in job_ids)],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        # squeue fails for ids it no longer knows: they are all finished.
+        return False if "Invalid job id" in out.stderr else None
+    return bool(out.stdout.strip())
+
+
+class RunLock:
+    """`with RunLock(run_dir, command):` holds the run directory; `handover()` keeps it for Slurm jobs."""
+
+    def __init__(self, run_dir: Path, command: str = ""):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.command = command
+        self.chain = uuid.uuid4().hex[:12]
+        self.held = False
+
+    def holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _info(self, **extra) -> dict:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                "command": self.command, "chain": self.chain, "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "local_pids": [], "slurm_jobs": [], **extra}
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._break_if_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._info(), f)
+            self.held = True
+            return
+        raise LockError(f"could not take the lock {self.path}")
+
+    def _break_if_stale(self) -> None:
+        h = self.holder()
+        if h is None:  # being written right now, or unreadable: give the writer a moment
+            time.sleep(0.2)
+            h = self.holder()
+            if h is None:
+                self._take_over("unreadable lock file")
+                return
+        why = self._stale_reason(h)
+        if why is None:
+            jobs = ", ".join(h.get("slurm_jobs") or []) or "none"
+            raise LockError(
+                f"run directory {self.path.parent} is in use by another pipeline: host {h.get('host')}, "
+                f"pid {h.get('pid')}, Slurm job {h.get('slurm_job_id') or '-'}, submitted jobs {jobs}, since "
+                f"{h.get('since')} ({h.get('command')}). Wait for it, or stop it (scancel) and run again; "
+                f"if you are sure it is dead, delete {self.path}")
+        self._take_over(why)
+
+    def _stale_reason(self, h: dict) -> str | None:
+        same_host = h.get("host") == socket.gethostname()
+        if same_host and _pid_alive(int(h.get("pid", 0))):
+            return None
+        if any(_pid_alive(int(p)) for p in h.get("local_pids") or []) and same_host:
+            return None
+        alive = _slurm_jobs_alive(h.get("slurm_jobs") or [])
+        if alive or (alive is None and h.get("slurm_jobs")):
+            return None
+        if not same_host and not h.get("slurm_jobs"):
+            return None  # a process on another host: we cannot see whether it lives
+        return f"holder pid {h.get('pid')} on {h.get('host')} is gone and none of its jobs is alive"
+
+    def _take_over(self, why: str) -> None:
+        log.warning("taking over a stale lock %s: %s", self.path, why)
+        stale = self.path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
+        try:
+            os.replace(self.path, stale)
+            stale.unlink()
+        except FileNotFoundError:
+            pass  # someone else took it over first; the O_EXCL retry decides
+
+    def record_jobs(self, local_pids: list[int] = (), slurm_jobs: list[str] = ()) -> None:
+        """Name the jobs this pipeline started, so a dead driver with live jobs still holds the lock."""
+        h = self.holder() or self._info()
+        h["local_pids"] = sorted(set(h.get("local_pids", [])) | {int(p) for p in local_pids})
+        h["slurm_jobs"] = list(dict.fromkeys(list(h.get("slurm_jobs", [])) + list(slurm_jobs)))
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(h))
+        os.replace(tmp, self.path)
+
+    def release(self, force: bool = False) -> None:
+        h = self.holder()
+        if self.held or force or (h and h.get("chain") == self.chain):
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+    def handover(self) -> None:
+        """Leave the lock to submitted Slurm jobs: the chain's last job releases it."""
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.release()
+
+
+def release_chain(run_dir: Path, chain: str) -> None:
+    """Called by the last job of a submitted chain."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        h = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    if h.get("chain") == chain:
+        path.unlink(missing_ok=True)

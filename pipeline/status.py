@@ -1,0 +1,126 @@
+"""`graine status`: where each stage of a run stands, from the run directory and the job queue."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import lineage, stages
+from pipeline.config import RunConfig
+from pipeline.errors import StageError
+from pipeline.executors import tail
+from pipeline.task import StagePaths
+
+
+@dataclass
+class StageStatus:
+    name: str
+    state: str  # not started | queued | running | complete | stale | failed | interrupted | not implemented
+    detail: str = ""
+    summary: str = ""
+
+
+def _slurm_states(job_ids: list[str]) -> dict[str, str]:
+    if not job_ids:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids}))],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        jid, state = line.split()[:2]
+        states[jid] = state
+    return states
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+
+
+def _find_err_log(logs: Path, job_id: str) -> Path | None:
+    for path in sorted(logs.glob(f"{job_id.split('_')[0]}*/*{job_id}*_log.err")) + sorted(logs.glob(f"{job_id}/*_log.err")):
+        return path
+    return None
+
+
+def stage_status(cfg: RunConfig, name: str) -> StageStatus:
+    try:
+        stage = stages.get(name)
+    except StageError as exc:
+        return StageStatus(name, "not implemented", str(exc).split(";")[0])
+    paths = StagePaths(Path(cfg.run_dir), name)
+    record = lineage.read_record(paths.published)
+    if record is not None:
+        why = lineage.stale_reason(record, lineage.fingerprint(cfg, stage), stage.sections)
+        summary = _summary(stage, paths.published)
+        if why:
+            return StageStatus(name, "stale", f"{why}; re-run: graine run {name} --force", summary)
+        return StageStatus(name, "complete", f"finished {record.get('finished')}", summary)
+    try:
+        jobs = json.loads(paths.jobs_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return StageStatus(name, "not started", summary=_summary(stage, paths.published) if not stage.publish else "")
+    return _from_jobs(cfg, stage, paths, jobs)
+
+
+def _from_jobs(cfg: RunConfig, stage, paths: StagePaths, jobs: dict) -> StageStatus:
+    by_rank = {(step, int(r)): j for step, ranks in jobs["jobs"].items() for r, j in ranks.items()}
+    unfinished = {k: j for k, j in by_rank.items() if k[0] != "publish" and not paths.marker(*k).exists()}
+    pub = jobs["jobs"].get("publish", {}).get("0")
+    if jobs["executor"] == "slurm":
+        states = _slurm_states(list(by_rank.values()))
+        live = {j: s for j, s in states.items()}
+        if live:
+            state = "running" if "RUNNING" in live.values() else "queued"
+            return StageStatus(stage.name, state, "jobs " + ", ".join(f"{j} {s.lower()}" for j, s in live.items()))
+    elif any(_pid_alive(j) for j in by_rank.values()):
+        return StageStatus(stage.name, "running", f"local processes {', '.join(sorted(set(by_rank.values())))}")
+    summary = _summary(stage, paths.published) if not stage.publish else ""
+    if not unfinished:
+        pub_log = _find_err_log(paths.logs(), pub) if pub else None
+        detail = "all tasks complete but not published" + (f"; publish log: {pub_log}\n{tail(pub_log)}" if pub_log else "")
+        return StageStatus(stage.name, "failed" if pub else "interrupted", detail, summary)
+    (step, rank), job = sorted(unfinished.items())[0]
+    err = _find_err_log(paths.logs(), job)
+    total = sum(1 for k in by_rank if k[0] == step)
+    return StageStatus(stage.name, "failed",
+                       f"{len(unfinished)} task(s) unfinished (first: {step} task {rank}, job {job}, of {total} "
+                       f"submitted); log: {err}\n{tail(err)}\n  re-run `graine run {stage.name}` to redo only "
+                       "the unfinished tasks", summary)
+
+
+def _summary(stage, folder: Path) -> str:
+    if stage.summary is None or not folder.exists():
+        return ""
+    try:
+        return stage.summary(folder) or ""
+    except Exception as exc:  # a broken summary must not hide the state
+        return f"(summary unavailable: {exc})"
+
+
+def format_status(cfg: RunConfig) -> str:
+    lines = [f"run directory: {cfg.run_dir}"]
+    lock = Path(cfg.run_dir) / ".graine.lock"
+    if lock.exists():
+        try:
+            h = json.loads(lock.read_text())
+            lines.append(f"locked by {h.get('command')} (host {h.get('host')}, pid {h.get('pid')}, since {h.get('since')})")
+        except (OSError, json.JSONDecodeError):
+            pass
+    for name in stages.known():
+        st = stage_status(cfg, name)
+        lines.append(f"{name:<11} {st.state:<15} {st.detail}".rstrip())
+        if st.summary:
+            lines += ["    " + line for line in st.summary.splitlines()]
+    return "\n".join(lines)

@@ -1,0 +1,226 @@
+"""What runs inside a job: one task of a step, or the publication of a stage.
+
+These objects are pickled by submitit and executed in job processes (a local subprocess, a Slurm array
+element, or one rank of a distributed training job). A task writes a completion marker last, so a task
+with a marker is never redone and a task without one is redone from scratch.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import lineage
+from pipeline.config import RunConfig, build
+from pipeline.lock import release_chain
+from pipeline.stage import Stage, TaskContext
+
+log = logging.getLogger("graine")
+
+# Results of a training step that ask for the job to be requeued rather than finished.
+REQUEUE = ("preempted", "time_budget")
+
+
+def setup_logging(rank: int | None = None) -> None:
+    """Logging for a job process; inline tasks keep the caller's configuration."""
+    if not (os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SLURM_JOB_ID") or os.environ.get("RANK")):
+        return
+    tag = f"[rank {rank}] " if rank is not None else ""
+    logging.basicConfig(level=logging.INFO, force=True, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+@dataclass
+class StagePaths:
+    run_dir: Path
+    stage: str
+
+    @property
+    def published(self) -> Path:
+        return self.run_dir / self.stage
+
+    @property
+    def work(self) -> Path:
+        return self.run_dir / ".work" / self.stage
+
+    @property
+    def staging(self) -> Path:
+        return self.work / "out"
+
+    @property
+    def scratch(self) -> Path:
+        return self.work / "scratch"
+
+    @property
+    def jobs_file(self) -> Path:
+        return self.work / "jobs.json"
+
+    def marker(self, step: str, rank: int) -> Path:
+        return self.work / "completions" / step / f"{rank:05d}"
+
+    def logs(self) -> Path:
+        return self.run_dir / "logs" / "jobs" / self.stage
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class TaskRunner:
+    """One task of one step. Called with the task's rank (array index); distributed steps ignore it."""
+
+    cfg: dict
+    stage: Stage
+    step: str
+    num_tasks: int
+
+    def _step(self):
+        return next(s for s in self.stage.steps if s.name == self.step)
+
+    def __call__(self, rank: int = 0) -> str:
+        step = self._step()
+        if step.kind == "gpu":
+            return self._run_distributed()
+        cfg: RunConfig = build(RunConfig, self.cfg, "")
+        paths = StagePaths(Path(cfg.run_dir), self.stage.name)
+        setup_logging(rank)
+        marker = paths.marker(self.step, rank)
+        if marker.exists():
+            log.info("%s/%s task %d already complete (%s); skipping", self.stage.name, self.step, rank, marker)
+            return "done"
+        ctx = TaskContext(cfg, self.stage.name, self.step, rank, self.num_tasks,
+                          out_dir=paths.staging if self.stage.publish else paths.published, work_dir=paths.scratch)
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        step.run(ctx)
+        write_atomic(marker, json.dumps({"host": socket.gethostname(), "seconds": round(time.time() - t0, 3),
+                                         "slurm_job_id": os.environ.get("SLURM_JOB_ID")}))
+        return "done"
+
+    def _run_distributed(self) -> str:
+        _export_distributed_env()
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        setup_logging(rank)
+        cfg: RunConfig = build(RunConfig, self.cfg, "")
+        paths = StagePaths(Path(cfg.run_dir), self.stage.name)
+        ctx = TaskContext(cfg, self.stage.name, self.step, rank, world,
+                          out_dir=paths.published, work_dir=paths.scratch)
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        # submitit's own handler for its timeout signal: kept so that, once training has saved, the
+        # requeue goes through submitit's checkpoint mechanism (checkpoint() below, scontrol requeue).
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        result = self._step().run(ctx) or "done"
+        if result == "done" and rank == 0:
+            write_atomic(paths.marker(self.step, 0), json.dumps({"host": socket.gethostname()}))
+        if result in REQUEUE and rank == 0 and os.environ.get("SLURM_JOB_ID") and callable(submitit_handler):
+            log.info("training saved after %s; requeuing through submitit", result)
+            submitit_handler(signal.SIGUSR2, None)  # checkpoints this callable, requeues, exits
+        # gloo's worker thread can abort the interpreter at exit (DEEPSPEED_CPU.md): once submitit has
+        # written this task's result, leave without running interpreter shutdown.
+        atexit.register(_hard_exit)
+        return result
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _hard_exit() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _export_distributed_env() -> None:
+    """RANK, WORLD_SIZE, MASTER_ADDR... from submitit's or Slurm's environment, unless already set."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
+        return
+    if os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SLURM_JOB_ID"):
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        return
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Publisher:
+    """Publishes a stage once every task of every step is complete; the last one of a chain unlocks."""
+
+    cfg: dict
+    stage: Stage
+    release_chain: str = ""
+
+    def __call__(self) -> str:
+        setup_logging()
+        cfg: RunConfig = build(RunConfig, self.cfg, "")
+        try:
+            return publish(cfg, self.stage)
+        finally:
+            if self.release_chain:
+                release_chain(Path(cfg.run_dir), self.release_chain)
+
+
+def publish(cfg: RunConfig, stage: Stage) -> str:
+    paths = StagePaths(Path(cfg.run_dir), stage.name)
+    started = _started(paths)
+    fp = lineage.fingerprint(cfg, stage)
+    if not stage.publish:
+        folder = paths.published
+        write_atomic(folder / lineage.RESOLVED_CONFIG, cfg.to_yaml())
+        lineage.write_record(folder, stage, fp, started, {"num_tasks": _num_tasks(paths)})
+        shutil.rmtree(paths.work, ignore_errors=True)
+        return str(folder)
+    staging = paths.staging
+    staging.mkdir(parents=True, exist_ok=True)
+    write_atomic(staging / lineage.RESOLVED_CONFIG, cfg.to_yaml())
+    lineage.write_record(staging, stage, fp, started, {"num_tasks": _num_tasks(paths)})
+    # Rename is atomic on one filesystem: readers see the old output or the new one, never a mix.
+    target = paths.published
+    old = paths.work.with_name(f"{stage.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(paths.work, ignore_errors=True)
+    log.info("published %s", target)
+    return str(target)
+
+
+def _started(paths: StagePaths) -> float:
+    try:
+        return json.loads((paths.work / "fingerprint.json").read_text())["started"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        return time.time()
+
+
+def _num_tasks(paths: StagePaths) -> dict[str, int]:
+    base = paths.work / "completions"
+    if not base.is_dir():
+        return {}
+    return {d.name: len(list(d.iterdir())) for d in sorted(base.iterdir()) if d.is_dir()}
