@@ -160,9 +160,9 @@ class TrainConfig:
     zero_stage: int = param(1, ge=0, le=3, help="DeepSpeed ZeRO stage (BLOOM used 1)")
     precision: Literal["fp32", "bf16", "fp16"] = param("fp32", help="bf16 on A100/H100, fp16 with loss scaling on V100")
     optimizer: Literal["adamw", "cpu_adam"] = param("adamw", help="adamw (fused on GPU) or DeepSpeedCPUAdam")
-    activation_checkpointing: bool = param(False)
+    activation_checkpointing: bool = param(False, help="recompute activations in the backward pass to save memory")
     devices_per_node: int = param(1, ge=1, help="processes (GPUs) per node; on CPU, processes on this machine")
-    num_nodes: int = param(1, ge=1)
+    num_nodes: int = param(1, ge=1, help="nodes of the training job")
     log_interval: int = param(10, ge=1, help="steps between metric lines")
     eval_interval: int = param(50, ge=0, help="steps between validation losses; 0 disables")
     eval_iters: int = param(4, ge=1, help="validation batches per evaluation")
@@ -314,6 +314,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be true or false")
         return value
+    if tp in (int, float) and isinstance(value, str):
+        # YAML 1.1 reads 3e-4 (no dot) as a string; accept what is plainly a number.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():

@@ -133,25 +133,23 @@ class LocalExecutor(Executor):
         self.on_submit([job.job_id])
         return Handle(label, job)
 
-    def _reap(self, running: list[Handle]) -> list[Handle]:
+    @staticmethod
+    def _reap(running: list[Handle]) -> list[Handle]:
         time.sleep(0.2)
-        still = []
-        for h in running:
-            if h.job.done():
-                self._result(h)
-            else:
-                still.append(h)
-        return still
-
-    def _result(self, h: Handle) -> Any:
-        try:
-            h.result = h.job.result()
-        except Exception as exc:  # submitit raises FailedJobError with the remote traceback
-            raise failure(h, exc) from None
-        return h.result
+        return [h for h in running if not h.job.done()]
 
     def wait(self, handles):
-        return [self._result(h) for h in handles]
+        # Every task is waited for, failed or not: the others' work is kept and the report is whole.
+        failed = []
+        for h in handles:
+            try:
+                h.result = h.job.result()
+            except Exception as exc:  # submitit raises FailedJobError with the remote traceback
+                failed.append(failure(h, exc))
+        if failed:
+            more = f" (and {len(failed) - 1} more failed task(s))" if len(failed) > 1 else ""
+            raise StageError(f"{failed[0]}{more}")
+        return [h.result for h in handles]
 
 
 class SlurmExecutor(Executor):

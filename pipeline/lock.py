@@ -22,7 +22,7 @@ log = logging.getLogger("graine")
 LOCK_NAME = ".graine.lock"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -106,9 +106,9 @@ class RunLock:
 
     def _stale_reason(self, h: dict) -> str | None:
         same_host = h.get("host") == socket.gethostname()
-        if same_host and _pid_alive(int(h.get("pid", 0))):
+        if same_host and pid_alive(int(h.get("pid", 0))):
             return None
-        if any(_pid_alive(int(p)) for p in h.get("local_pids") or []) and same_host:
+        if any(pid_alive(int(p)) for p in h.get("local_pids") or []) and same_host:
             return None
         alive = _slurm_jobs_alive(h.get("slurm_jobs") or [])
         if alive or (alive is None and h.get("slurm_jobs")):

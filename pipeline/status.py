@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from pipeline import lineage, stages
 from pipeline.config import RunConfig
 from pipeline.errors import StageError
 from pipeline.executors import tail
+from pipeline.lock import pid_alive
 from pipeline.task import StagePaths
 
 
@@ -36,16 +36,6 @@ def _slurm_states(job_ids: list[str]) -> dict[str, str]:
         jid, state = line.split()[:2]
         states[jid] = state
     return states
-
-
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
 
 
 def _find_err_log(logs: Path, job_id: str) -> Path | None:
@@ -84,7 +74,7 @@ def _from_jobs(cfg: RunConfig, stage, paths: StagePaths, jobs: dict) -> StageSta
         if live:
             state = "running" if "RUNNING" in live.values() else "queued"
             return StageStatus(stage.name, state, "jobs " + ", ".join(f"{j} {s.lower()}" for j, s in live.items()))
-    elif any(_pid_alive(j) for j in by_rank.values()):
+    elif any(j.isdigit() and pid_alive(int(j)) for j in by_rank.values()):
         return StageStatus(stage.name, "running", f"local processes {', '.join(sorted(set(by_rank.values())))}")
     summary = _summary(stage, paths.published) if not stage.publish else ""
     if not unfinished:
