@@ -1,0 +1,290 @@
+"""Save, publish, find and load training checkpoints (DeepSpeed states plus graine's metadata).
+
+Layout under `<run_dir>/checkpoints/`:
+    global_step<N>/          DeepSpeed's files (model, ZeRO optimizer partitions), plus
+        graine_state.json    step, consumed samples/tokens, sample-index fingerprint, LR state, lineage,
+                             loss and throughput at save time
+        config.yaml          the resolved run config
+        rng/rank<R>.pt       each rank's python/numpy/torch/cuda RNG states, written by that rank
+        manifest.json        size and sha256 of every file above
+    latest                   the tag of the newest published checkpoint (replaced atomically)
+
+A save writes `.tmp-global_step<N>/`, fsyncs and hashes every file (shared across ranks), writes the
+manifest, renames the folder, and only then moves `latest`. Every rank reports success before the
+next phase starts, so a failure anywhere (disk full, read-only directory) leaves `latest` and the
+previous checkpoints untouched, and raises the same CheckpointError on every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from checkpoints import manifest
+from checkpoints.retention import prune, published_steps
+from pipeline.errors import CheckpointError
+
+log = logging.getLogger("graine.checkpoints")
+
+LATEST = "latest"
+STATE = "graine_state.json"
+CONFIG = "config.yaml"
+TMP_PREFIX = ".tmp-"
+# Test hook: "RANK:PHASE" makes that rank fail the save at that phase (rng, deepspeed, publish).
+FAIL_HOOK = "GRAINE_TEST_SAVE_FAIL"
+
+
+def tag_of(step: int) -> str:
+    return f"global_step{step}"
+
+
+# ------------------------------------------------------------------------------ collective helpers
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_errors(error: str | None) -> list[str]:
+    """Every rank's error of the last phase (an empty list when all succeeded), on every rank."""
+    rank, world = _world()
+    errors = [error]
+    if world > 1:
+        errors = [None] * world
+        dist.all_gather_object(errors, error)
+    return [f"rank {r}: {e}" for r, e in enumerate(errors) if e]
+
+
+def broadcast(obj):
+    rank, world = _world()
+    if world == 1:
+        return obj
+    box = [obj if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _maybe_fail(phase: str) -> None:
+    hook = os.environ.get(FAIL_HOOK, "")
+    if hook and hook == f"{_world()[0]}:{phase}":
+        raise OSError(28, f"No space left on device (test hook {FAIL_HOOK}={hook})")
+
+
+# ------------------------------------------------------------------------------------- RNG states
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Saves and loads checkpoints of one run; every method is called on every rank."""
+
+    def __init__(self, ckpt_dir: Path, keep_last: int = 2, keep_every: int = 0):
+        self.dir = Path(ckpt_dir)
+        self.keep_last, self.keep_every = keep_last, keep_every
+        self.rank, self.world = _world()
+
+    # ------------------------------------------------------------------------------------ save
+    def save(self, engine, step: int, state: dict, config_yaml: str) -> Path:
+        """Write, publish and point `latest` at the checkpoint of `step`; returns its folder."""
+        tag = tag_of(step)
+        tmp = self.dir / f"{TMP_PREFIX}{tag}"
+        self._phase("prepare", lambda: self._prepare(tmp), tag)
+        self._phase("rng", lambda: self._write_rng(tmp), tag)
+        self._phase("deepspeed", lambda: engine.save_checkpoint(str(self.dir), tag=tmp.name, save_latest=False), tag)
+        if self.rank == 0:
+            self._phase("metadata", lambda: self._write_metadata(tmp, state, config_yaml), tag)
+        else:
+            self._phase("metadata", lambda: None, tag)
+        files = broadcast(manifest.list_files(tmp) if self.rank == 0 else None)
+        shares: list = []
+        self._phase("hash", lambda: shares.append(manifest.hash_share(tmp, files, self.rank, self.world, fsync=True)), tag)
+        entries = self._gather_shares(shares[0])
+        final = self.dir / tag
+        self._phase("publish", lambda: self._publish(tmp, final, entries) if self.rank == 0 else None, tag)
+        if self.rank == 0:
+            prune(self.dir, self.keep_last, self.keep_every, protect={step})
+        if self.world > 1:
+            dist.barrier()
+        log.info("saved checkpoint %s (%d files, %.1f MB)", final, len(entries),
+                 sum(e["size"] for e in entries.values()) / 1e6)
+        return final
+
+    def _phase(self, name: str, fn, tag: str) -> None:
+        """Run one phase on this rank, then agree: a failure on any rank fails it on all of them."""
+        error = None
+        try:
+            _maybe_fail(name)
+            fn()
+        except Exception as exc:  # noqa: BLE001 (reported on every rank below)
+            error = f"{type(exc).__name__}: {exc}"
+        errors = gather_errors(error)
+        if errors:
+            if self.rank == 0:
+                shutil.rmtree(self.dir / f"{TMP_PREFIX}{tag}", ignore_errors=True)
+            previous = read_latest(self.dir)
+            keep = f"the previous checkpoint {previous} is still valid" if previous else "no earlier checkpoint exists"
+            raise CheckpointError(
+                f"saving checkpoint {tag} in {self.dir} failed while writing {name} ({'; '.join(errors)}); "
+                f"{keep} and `latest` was not moved. Free disk space or fix the permissions of {self.dir}, "
+                "then run the same command again to resume")
+
+    def _prepare(self, tmp: Path) -> None:
+        if self.rank == 0:
+            if tmp.exists():  # left by a save that was killed: never published, safe to drop
+                shutil.rmtree(tmp)
+            (tmp / "rng").mkdir(parents=True)
+        # No barrier here: the agreement after this phase is the synchronisation point, and a
+        # barrier reached by some ranks only would hang the others.
+
+    def _write_rng(self, tmp: Path) -> None:
+        # Each rank saves its own RNG state: DeepSpeed's client_state is written by rank 0 only.
+        torch.save(rng_state(), tmp / "rng" / f"rank{self.rank:05d}.pt")
+
+    def _write_metadata(self, tmp: Path, state: dict, config_yaml: str) -> None:
+        (tmp / STATE).write_text(json.dumps({**state, "world_size": self.world}, indent=1, sort_keys=True))
+        (tmp / CONFIG).write_text(config_yaml)
+
+    def _gather_shares(self, share: dict) -> dict:
+        if self.world == 1:
+            return share
+        shares = [None] * self.world
+        dist.all_gather_object(shares, share)
+        return {k: v for s in shares for k, v in s.items()}
+
+    def _publish(self, tmp: Path, final: Path, entries: dict) -> None:
+        manifest.write_manifest(tmp, entries)
+        manifest.fsync_dir(tmp)
+        if final.exists():  # an older save of the same step (damaged, or before a fallback)
+            stale = final.with_name(f".deleting-{final.name}")
+            final.rename(stale)
+            shutil.rmtree(stale)
+        tmp.rename(final)
+        manifest.fsync_dir(self.dir)
+        why = manifest.verify(final, full=False)
+        if why:
+            raise CheckpointError(f"{final} does not match its manifest after publication: {why}")
+        write_latest(self.dir, final.name)
+
+    # ------------------------------------------------------------------------------------ load
+    def find_valid(self) -> Path | None:
+        """The checkpoint to resume from: `latest` if it verifies, else the newest one that does.
+
+        Every rank verifies its share of each candidate's files. Each rejected candidate is logged
+        with what was wrong. None when the run has no checkpoint; an error when none is valid.
+        """
+        candidates = broadcast(self._candidates() if self.rank == 0 else None)
+        rejected = []
+        for tag, why_not_first in candidates:
+            if why_not_first and self.rank == 0:
+                log.warning(why_not_first)
+            why = self._verify_everywhere(self.dir / tag)
+            if not why:
+                if rejected and self.rank == 0:
+                    log.warning("resuming from %s instead of the damaged %s", tag, rejected[0][0])
+                return self.dir / tag
+            rejected.append((tag, why))
+            if self.rank == 0:
+                log.warning("checkpoint %s is not valid, skipping it: %s", self.dir / tag, why)
+        if rejected:
+            detail = "; ".join(f"{t}: {w}" for t, w in rejected)
+            raise CheckpointError(f"no valid checkpoint in {self.dir} ({detail}); move the damaged folders "
+                                  "away to start this run from scratch, or restore them from a copy")
+        return None
+
+    def _candidates(self) -> list[tuple[str, str | None]]:
+        steps = sorted(published_steps(self.dir), reverse=True)
+        tags = [tag_of(s) for s in steps]
+        latest = read_latest(self.dir)
+        if latest is None and tags:
+            return [(tags[0], f"{self.dir / LATEST} is missing or unreadable; looking for the newest valid checkpoint")] + \
+                [(t, None) for t in tags[1:]]
+        if latest is not None and latest not in tags:
+            return [(t, f"{self.dir / LATEST} names {latest}, which does not exist" if i == 0 else None)
+                    for i, t in enumerate(tags)]
+        ordered = [latest] + [t for t in tags if t != latest] if latest else tags
+        return [(t, None) for t in ordered]
+
+    def _verify_everywhere(self, folder: Path) -> str | None:
+        entries, why = manifest.read_manifest(folder)
+        error = why if entries is None else manifest.check_entries(folder, entries, self.rank, self.world)
+        errors = gather_errors(error)
+        return "; ".join(errors) if errors else None
+
+    def load(self, engine) -> dict | None:
+        """Restore engine, optimizer and this rank's RNG from the newest valid checkpoint.
+
+        Returns graine's saved state (with `path`), or None when there is nothing to resume from.
+        """
+        folder = self.find_valid()
+        if folder is None:
+            return None
+        loaded, _ = engine.load_checkpoint(str(self.dir), tag=folder.name, load_lr_scheduler_states=False)
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed could not load {folder}; see the messages above")
+        state = json.loads((folder / STATE).read_text())
+        saved_world = int(state.get("world_size", self.world))
+        rng_file = folder / "rng" / f"rank{self.rank % saved_world:05d}.pt"
+        if saved_world != self.world and self.rank == 0:
+            log.warning("%s was saved by %d ranks and resumes on %d: RNG streams are reused, "
+                        "so dropout masks will differ from an uninterrupted run", folder, saved_world, self.world)
+        set_rng_state(torch.load(rng_file, weights_only=False))
+        return {**state, "path": str(folder)}
+
+
+# --------------------------------------------------------------------------------- latest pointer
+def read_latest(ckpt_dir: Path) -> str | None:
+    try:
+        tag = (Path(ckpt_dir) / LATEST).read_text().strip()
+    except OSError:
+        return None
+    return tag or None
+
+
+def write_latest(ckpt_dir: Path, tag: str) -> None:
+    tmp = ckpt_dir / f".{LATEST}.tmp"
+    with open(tmp, "w") as f:
+        f.write(tag + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ckpt_dir / LATEST)
+    manifest.fsync_dir(ckpt_dir)
+
+
+# ----------------------------------------------------------------------- helpers for graine status
+def latest_checkpoint_info(run_dir: str | Path) -> dict | None:
+    """{step, tokens, samples, loss, path, time} of the checkpoint `latest` names, or of the newest
+    checkpoint with a manifest; None if there is none. Cheap: checksums are not recomputed."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    tag = read_latest(ckpt_dir)
+    folders = [ckpt_dir / tag] if tag else []
+    folders += [p for _, p in sorted(published_steps(ckpt_dir).items(), reverse=True)]
+    for folder in folders:
+        if not (folder / manifest.MANIFEST).is_file():
+            continue
+        try:
+            state = json.loads((folder / STATE).read_text())
+        except (OSError, ValueError):
+            continue
+        return {"step": state.get("step"), "tokens": state.get("consumed_tokens"),
+                "samples": state.get("consumed_samples"), "loss": state.get("loss"),
+                "path": str(folder), "time": state.get("saved_at")}
+    return None

@@ -1,0 +1,124 @@
+"""The DeepSpeed engine: ZeRO stage, precision, clipping, accumulation, AdamW and its parameter groups.
+
+The LR is not handed to DeepSpeed as a scheduler: the trainer sets it on the optimizer's groups before
+every step from the tokens consumed (pipeline.schedule), so resuming needs no scheduler state and a
+skipped step cannot advance it by accident.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from pipeline.config import TrainConfig
+from pipeline.errors import ConfigError
+
+log = logging.getLogger("graine.engine")
+
+NO_DECAY_HINTS = ("bias", "norm", "ln_", "layernorm")
+
+
+def ensure_cpu_accelerator() -> None:
+    """DeepSpeed picks its accelerator at import time; without a GPU it must be told `cpu`."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: biases and LayerNorm parameters are not decayed."""
+    if hasattr(model, "param_groups"):
+        return model.param_groups(weight_decay)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or any(h in name.lower() for h in NO_DECAY_HINTS)
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, t.weight_decay)
+    kwargs = {"lr": t.lr, "betas": (t.beta1, t.beta2), "eps": t.eps}
+    if t.optimizer == "cpu_adam":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
+    if torch.cuda.is_available():
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def deepspeed_config(t: TrainConfig, world_size: int, global_batch_size: int) -> dict:
+    """DeepSpeed's JSON config for the first global batch (the ramp-up changes accumulation later)."""
+    if t.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed refuses fp16 on CPU); use fp32 or bf16")
+    if t.optimizer == "cpu_adam" and torch.cuda.is_available() and t.zero_stage == 0:
+        raise ConfigError("train.optimizer=cpu_adam on GPU offloads the optimizer, which needs "
+                          "train.zero_stage >= 1; raise train.zero_stage or use adamw")
+    zero: dict = {"stage": t.zero_stage}
+    if t.optimizer == "cpu_adam" and torch.cuda.is_available():
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_batch_size": global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": global_batch_size // (t.micro_batch_size * world_size),
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": t.precision == "bf16"},
+        # Dynamic loss scaling for V100s (BLOOM's 176B run trained in bf16 on A100s instead).
+        "fp16": {"enabled": t.precision == "fp16", "loss_scale": 0, "initial_scale_power": 12},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,  # graine logs its own metrics
+        "wall_clock_breakdown": False,
+    }
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each transformer block in the backward pass instead of keeping its activations."""
+    if hasattr(model, "set_activation_checkpointing"):
+        model.set_activation_checkpointing(True)
+        return
+    blocks = getattr(model, "blocks", None) or getattr(model, "h", None)
+    if blocks is None:
+        raise ConfigError("train.activation_checkpointing=true but the model exposes no blocks to "
+                          "checkpoint; set train.activation_checkpointing=false")
+    from torch.utils.checkpoint import checkpoint
+
+    for block in blocks:
+        forward = block.forward
+
+        def recomputed(*args, _forward=forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        block.forward = recomputed
+
+
+def build_engine(model: torch.nn.Module, t: TrainConfig, world_size: int, global_batch_size: int):
+    """(engine, optimizer): the model wrapped by `deepspeed.initialize`, and the client optimizer."""
+    ensure_cpu_accelerator()
+    import deepspeed
+
+    if t.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    optimizer = build_optimizer(model, t)
+    config = deepspeed_config(t, world_size, global_batch_size)
+    # DeepSpeed wraps `optimizer` (ZeRO keeps it as the inner optimizer): its param groups stay the
+    # ones the LR is set on.
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    log.info("DeepSpeed engine: ZeRO %d, %s, %s, grad accumulation %d, clip %g", t.zero_stage, t.precision,
+             type(optimizer).__name__, config["gradient_accumulation_steps"], t.grad_clip)
+    return engine, optimizer
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def model_dtype(t: TrainConfig) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]

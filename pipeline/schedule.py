@@ -1,0 +1,93 @@
+"""Learning-rate and batch-size schedules, both functions of what the run has consumed.
+
+The LR is defined in tokens (BLOOM: 375M warm-up tokens, cosine decay to 10% over 410B tokens) so that
+it does not depend on the batch size, which itself grows during the ramp-up (BLOOM: 16 -> 2048 over
+9.7M samples). Both are pure functions of consumed samples/tokens: a resumed run recomputes them
+exactly, and a checkpoint only needs the counters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pipeline.config import TrainConfig
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Linear warm-up from 0 to `peak`, then cosine decay to `peak * min_lr_ratio` at `decay_tokens`.
+
+    As in Megatron's token-based schedule, `decay_tokens` counts from the start of training (warm-up
+    included), and the LR stays at the minimum afterwards.
+    """
+
+    peak: float
+    min_lr_ratio: float
+    warmup_tokens: int
+    decay_tokens: int
+
+    @classmethod
+    def from_config(cls, t: TrainConfig) -> LRSchedule:
+        return cls(t.lr, t.min_lr_ratio, t.warmup_tokens, t.decay_tokens)
+
+    def __call__(self, tokens: int) -> float:
+        """The LR of the step that brings the run to `tokens` consumed tokens (so step 1 is not 0)."""
+        min_lr = self.peak * self.min_lr_ratio
+        if self.warmup_tokens and tokens <= self.warmup_tokens:
+            return self.peak * tokens / self.warmup_tokens
+        if tokens >= self.decay_tokens:
+            return min_lr
+        span = max(self.decay_tokens - self.warmup_tokens, 1)
+        progress = (tokens - self.warmup_tokens) / span
+        return min_lr + (self.peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def state_dict(self, tokens: int) -> dict:
+        return {"kind": "warmup_cosine_tokens", "peak": self.peak, "min_lr_ratio": self.min_lr_ratio,
+                "warmup_tokens": self.warmup_tokens, "decay_tokens": self.decay_tokens,
+                "tokens": tokens, "last_lr": self(tokens)}
+
+
+@dataclass(frozen=True)
+class BatchRampup:
+    """Global batch size as a function of consumed samples (Megatron's `--rampup-batch-size`).
+
+    The batch grows from `start` by `increment` every `samples / num_increments` consumed samples
+    until it reaches `final`; `start=0` means a constant batch.
+    """
+
+    start: int
+    increment: int
+    samples: int
+    final: int
+
+    @classmethod
+    def from_config(cls, t: TrainConfig) -> BatchRampup:
+        r = t.rampup
+        return cls(r.start, r.increment, r.samples, t.global_batch_size)
+
+    def __call__(self, consumed_samples: int) -> int:
+        if not self.start or self.start >= self.final or not self.samples:
+            return self.final
+        num_increments = math.ceil((self.final - self.start) / self.increment)
+        per_increment = self.samples / num_increments
+        size = self.start + int(consumed_samples // per_increment) * self.increment
+        return min(size, self.final)
+
+    def sizes(self) -> list[int]:
+        """Every batch size the ramp-up can produce."""
+        if not self.start or self.start >= self.final or not self.samples:
+            return [self.final]
+        return sorted({min(s, self.final) for s in range(self.start, self.final + self.increment, self.increment)})
+
+    def check_divisible(self, micro_batch_size: int, world_size: int) -> None:
+        """Each global batch must split evenly into micro-batches on every rank."""
+        unit = micro_batch_size * world_size
+        for size in self.sizes():
+            if size % unit:
+                key = "train.global_batch_size" if size == self.final else "train.rampup.start/increment"
+                raise ConfigError(
+                    f"a global batch of {size} samples does not split into micro-batches of "
+                    f"train.micro_batch_size={micro_batch_size} on {world_size} ranks; make {key} "
+                    f"a multiple of {unit} (micro_batch_size x devices_per_node x num_nodes)")

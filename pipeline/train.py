@@ -1,0 +1,81 @@
+"""Stage `pretrain`: parse -> build (data, model, engine) -> train -> close. The work lives in
+pipeline.trainer (loop), pipeline.engine (DeepSpeed), pipeline.data_loader, pipeline.schedule,
+pipeline.metrics and checkpoints/ (save, publish, resume).
+
+Runs as one process per device; every process calls `train_step(ctx)`, which returns "done",
+"preempted", "time_budget" or "stopped" (see pipeline.trainer). Re-running the same command on an
+existing run directory resumes from the latest valid checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from pipeline import lineage
+from pipeline.config import RunConfig
+from pipeline.engine import ensure_cpu_accelerator
+from pipeline.errors import StageError
+from pipeline.stage import Stage, Step, TaskContext
+from pipeline.trainer import TrainData, Trainer
+
+
+def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
+    """The train/valid sample indexes over the preprocess stage's shards, and the vocabulary size."""
+    from data_prep.sample_index import BlendedSampleIndex
+
+    from data_prep.tokenizer import tokenizer_info
+
+    cfg, shards = ctx.cfg, ctx.input_dir("preprocess")
+    train = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="train")
+    try:
+        valid = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="valid")
+    except Exception as exc:  # no validation split (preprocess.validation_fraction=0)
+        ctx.log.warning("no validation split (%s): validation loss disabled", exc)
+        valid = None
+    info = tokenizer_info(ctx.input_dir("tokenizer"))
+    hashes = {name: (lineage.read_record(ctx.input_dir(name)) or {}).get("output_hash")
+              for name in ("tokenizer", "preprocess")}
+    return TrainData(train, valid, {**hashes, "tokenizer_model": info.hash}), info.vocab_size
+
+
+def build_model(cfg: RunConfig, vocab_size: int) -> torch.nn.Module:
+    from pipeline.model import BloomModel
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    return BloomModel(cfg.model, vocab_size)
+
+
+def train_step(ctx: TaskContext) -> str:
+    ensure_cpu_accelerator()
+    data, vocab_size = build_data(ctx)
+    trainer = Trainer(ctx, build_model(ctx.cfg, vocab_size), data)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+
+
+def summary(out_dir: Path) -> str:
+    from checkpoints.checkpointer import latest_checkpoint_info
+
+    try:
+        result = json.loads((out_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        raise StageError(f"{out_dir / 'result.json'} is missing: training did not finish") from None
+    info = latest_checkpoint_info(out_dir.parent) or {}
+    return (f"{result['result']} at step {result['step']} ({result['tokens']:,} tokens): loss {result['loss']:.4f} "
+            f"vs unigram entropy {result['unigram_entropy']:.4f} nats; latest checkpoint {info.get('path')}")
+
+
+STAGE = Stage(
+    name="pretrain",
+    needs=("preprocess", "tokenizer"),
+    sections=("model", "train", "checkpoint"),
+    steps=(Step("train", run=train_step, kind="gpu"),),
+    description="BLOOM-style pretraining with DeepSpeed ZeRO; resumes from its latest valid checkpoint",
+    publish=False,
+    summary=summary,
+)

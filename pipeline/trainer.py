@@ -1,0 +1,328 @@
+"""The pretraining loop: resume, train steps, metrics, evaluation, checkpoints, and clean stops.
+
+Every rank runs the same loop. Decisions that must be unanimous (stop on a signal, a time budget or
+the kill switch; skip a step whose loss or gradient is not finite) are taken from all-reduced values
+at step boundaries, so ranks never disagree about what happens next.
+
+Results of `Trainer.fit()`:
+    "done"         the run reached train.train_tokens (checkpoint saved)
+    "preempted"    SIGUSR1/SIGUSR2/SIGTERM arrived: saved; the runner requeues the job
+    "time_budget"  train.exit_duration_min elapsed: saved; the runner requeues the job
+    "stopped"      the kill-switch file appeared: saved; no requeue
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from checkpoints.checkpointer import Checkpointer, read_latest
+from pipeline.data_loader import GlobalBatchLoader, SampleIndex, validation_batches
+from pipeline.engine import build_engine, set_lr
+from pipeline.errors import StageError
+from pipeline.metrics import MetricsLogger, Throughput, device_name, memory_gb, peak_tflops
+from pipeline.schedule import BatchRampup, LRSchedule
+from pipeline.stage import TaskContext
+
+log = logging.getLogger("graine.train")
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+# Config keys whose change alters the sample order (named when the fingerprint does not match).
+DATA_KEYS = ("seed", "train.seq_len", "preprocess", "tokenizer", "clean")
+# Test hooks: steps whose loss is made NaN on rank 0 ("3,4"), and a pause after every step (seconds).
+NAN_HOOK, DELAY_HOOK = "GRAINE_TEST_NAN_STEPS", "GRAINE_TEST_STEP_DELAY"
+
+
+@dataclass
+class TrainData:
+    train: SampleIndex
+    valid: SampleIndex | None
+    lineage: dict  # upstream output hashes (tokenizer, preprocess)
+
+
+class StopRequest:
+    """Signal handlers that only set a flag; the loop acts on it at the next step boundary."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    def __init__(self, ctx: TaskContext, model: torch.nn.Module, data: TrainData):
+        self.ctx, self.cfg, self.t = ctx, ctx.cfg, ctx.cfg.train
+        self.rank, self.world = ctx.rank, ctx.world_size
+        self.started = time.monotonic()
+        self.stop = StopRequest()
+        self.data = data
+        self.rampup = BatchRampup.from_config(self.t)
+        self.lr = LRSchedule.from_config(self.t)
+        self.loader = GlobalBatchLoader(data.train, self.rampup, self.t.micro_batch_size, self.rank, self.world)
+        self.flops_per_token = (model.flops_per_token(self.t.seq_len) if hasattr(model, "flops_per_token")
+                                else 6 * sum(p.numel() for p in model.parameters()))
+        self.engine, self.optimizer = build_engine(model, self.t, self.world, self.loader.global_batch_size())
+        run_dir = ctx.run_dir
+        ck = self.cfg.checkpoint
+        self.checkpointer = Checkpointer(run_dir / "checkpoints", ck.keep_last, ck.keep_every)
+        self.metrics = MetricsLogger(run_dir / "logs", self.rank)
+        self.kill_file = Path(self.t.kill_switch_file or run_dir / "KILL")
+        self.valid = validation_batches(data.valid, self.t.eval_iters, self.t.global_batch_size,
+                                        self.t.micro_batch_size, self.rank, self.world)
+        self.peak = peak_tflops(device_name(), self.t.precision)
+        self.step, self.last_saved, self.skipped, self.consecutive_skips = 0, -1, 0, 0
+        self.last_loss: float | None = None
+        self.last_rates: dict = {}
+        self.nan_steps = {int(s) for s in os.environ.get(NAN_HOOK, "").split(",") if s}
+        self.delay = float(os.environ.get(DELAY_HOOK, "0") or 0)
+
+    @property
+    def consumed_tokens(self) -> int:
+        return self.loader.consumed_samples * self.t.seq_len
+
+    # ------------------------------------------------------------------------------------ resume
+    def resume(self) -> None:
+        state = self.checkpointer.load(self.engine)
+        if state is None:
+            log.info("no checkpoint in %s: starting from scratch", self.checkpointer.dir)
+            return
+        hint = changed_data_keys(Path(state["path"]) / "config.yaml", self.cfg.to_dict())
+        self.loader.load_state_dict({"consumed_samples": state["consumed_samples"], "fingerprint": state["fingerprint"]},
+                                    override_hint=hint)
+        self.step = self.last_saved = int(state["step"])
+        self.skipped = int(state.get("skipped_steps", 0))
+        self.last_loss = state.get("loss")
+        log.info("resumed from %s: step %d, %d samples, %d tokens", state["path"], self.step,
+                 self.loader.consumed_samples, self.consumed_tokens)
+
+    # ------------------------------------------------------------------------------------- loop
+    def fit(self) -> str:
+        self.resume()
+        if self.rank == 0:
+            log.info("unigram entropy of the training tokens: %.4f nats", unigram_entropy(self.data.train))
+        throughput = Throughput()
+        interval_losses: list[float] = []
+        while True:
+            reason = self.stop_reason()
+            if reason:
+                break
+            loss, grad_norm, lr, skipped = self.train_step()
+            self.step += 1
+            throughput.add(self.rampup(self.loader.consumed_samples - 1), 0)
+            throughput.tokens = throughput.samples * self.t.seq_len
+            if not skipped:
+                interval_losses.append(loss)
+                self.last_loss = loss
+            if self.step % self.t.log_interval == 0:
+                self.log_metrics(interval_losses, grad_norm, lr, throughput)
+                interval_losses = []
+                throughput.reset()
+            if self.t.eval_interval and self.step % self.t.eval_interval == 0:
+                self.evaluate()
+            if self.step % self.cfg.checkpoint.interval == 0:
+                self.save()
+            if self.delay:
+                time.sleep(self.delay)
+        if self.step != self.last_saved:
+            self.save()
+        log.info("pretraining %s at step %d (%d tokens); last loss %s", reason, self.step,
+                 self.consumed_tokens, self.last_loss)
+        self.write_result(reason)
+        return reason
+
+    def stop_reason(self) -> str | None:
+        """Why the run stops before the next step, agreed by all ranks, or None to continue."""
+        if self.consumed_tokens >= self.t.train_tokens:
+            return "done"
+        over_time = self.t.exit_duration_min and time.monotonic() - self.started >= self.t.exit_duration_min * 60
+        flags = torch.tensor([float(self.stop.signum != 0), float(bool(over_time)),
+                              float(self.kill_file.exists())])
+        if self.world > 1:
+            dist.all_reduce(flags)
+        if flags[0]:
+            log.warning("stop signal received: saving and exiting for requeue")
+            return "preempted"
+        if flags[1]:
+            log.warning("train.exit_duration_min=%g reached: saving and exiting for requeue", self.t.exit_duration_min)
+            return "time_budget"
+        if flags[2]:
+            log.warning("kill switch %s exists: saving and stopping (remove it to continue the run)", self.kill_file)
+            return "stopped"
+        return None
+
+    def train_step(self) -> tuple[float, float | None, float, bool]:
+        """One optimizer step over a global batch: (mean loss, grad norm, lr, skipped)."""
+        # -- data and schedules: the batch size follows the ramp-up, the LR the tokens consumed
+        global_batch = self.loader.global_batch_size()
+        if global_batch != self.engine.train_batch_size():
+            self.engine.set_train_batch_size(global_batch)
+        micro_batches = self.loader.next_batch()
+        lr = self.lr(self.consumed_tokens)
+        set_lr(self.optimizer, lr)
+
+        # -- forward and backward of each micro-batch; DeepSpeed steps at the last one
+        self.engine.train()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for i, (input_ids, labels) in enumerate(micro_batches):
+            loss = self.engine(input_ids.to(self.engine.device), labels=labels.to(self.engine.device))
+            if self.rank == 0 and self.step + 1 in self.nan_steps:
+                loss = loss * float("nan")
+            self.engine.backward(loss)
+            loss_sum += loss.detach().double().cpu()
+            if i == len(micro_batches) - 1:
+                grad_norm = self._guard_zero0_grads()
+            self.engine.step()
+
+        # -- agree on the loss; a non-finite loss or gradient means DeepSpeed skipped the update
+        totals = torch.stack([loss_sum, torch.tensor(float(len(micro_batches)), dtype=torch.float64)])
+        if self.world > 1:
+            dist.all_reduce(totals)
+        loss = (totals[0] / totals[1]).item()
+        if grad_norm is None:
+            grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else None
+        skipped = (not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm))
+                   or not self.engine.was_step_applied())
+        self._count_skip(skipped, loss, grad_norm)
+        return loss, grad_norm, lr, skipped
+
+    def _guard_zero0_grads(self) -> float | None:
+        """Without ZeRO, DeepSpeed applies non-finite gradients: compute the norm and drop them.
+
+        torch's AdamW leaves parameters without a gradient untouched, so the step becomes a no-op.
+        With ZeRO 1-3, DeepSpeed's optimizer detects the non-finite norm and skips by itself.
+        """
+        if self.engine.zero_optimization_stage() != 0:
+            return None
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
+        if not math.isfinite(norm):
+            for p in self.engine.module.parameters():
+                p.grad = None
+        return norm
+
+    def _count_skip(self, skipped: bool, loss: float, grad_norm: float | None) -> None:
+        if not skipped:
+            self.consecutive_skips = 0
+            return
+        self.skipped += 1
+        self.consecutive_skips += 1
+        log.warning("step %d skipped: loss %s, grad norm %s (%d in a row, %d in all)", self.step + 1, loss,
+                    grad_norm, self.consecutive_skips, self.skipped)
+        if self.consecutive_skips >= self.t.max_skipped_steps:
+            latest = read_latest(self.checkpointer.dir)
+            where = f"{self.checkpointer.dir / latest}" if latest else "none (no checkpoint was saved yet)"
+            raise StageError(
+                f"{self.consecutive_skips} consecutive steps had a non-finite loss or gradient norm "
+                f"(train.max_skipped_steps={self.t.max_skipped_steps}), at step {self.step + 1}; last good "
+                f"checkpoint: {where}. Lower train.lr or raise train.warmup_tokens, move the newer "
+                "checkpoints away if needed, and run again to resume from it")
+
+    # ------------------------------------------------------------------------- metrics and eval
+    def log_metrics(self, losses: list[float], grad_norm: float | None, lr: float, throughput: Throughput) -> None:
+        rates = throughput.rates(self.world, self.flops_per_token, self.peak)
+        self.last_rates = rates
+        values = {"loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr,
+                  "grad_norm": grad_norm if grad_norm is not None else float("nan"),
+                  "global_batch": self.loader.global_batch_size(), "tokens": self.consumed_tokens,
+                  "skipped": self.skipped, **rates, "mem_gb": memory_gb()}
+        self.metrics.log(self.step, values)
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        if not self.valid:
+            return None
+        self.engine.eval()
+        total = torch.zeros(2, dtype=torch.float64)
+        for input_ids, labels in self.valid:
+            loss = self.engine(input_ids.to(self.engine.device), labels=labels.to(self.engine.device))
+            total += torch.tensor([loss.double().item(), 1.0], dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(total)
+        self.engine.train()
+        loss = (total[0] / total[1]).item()
+        self.metrics.log(self.step, {"loss": loss, "perplexity": math.exp(min(loss, 50))}, kind="valid")
+        return loss
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        state = {"step": self.step, "consumed_samples": self.loader.consumed_samples,
+                 "consumed_tokens": self.consumed_tokens, "fingerprint": self.data.train.fingerprint,
+                 "lr_schedule": self.lr.state_dict(self.consumed_tokens),
+                 "global_batch_size": self.loader.global_batch_size(), "lineage": self.data.lineage,
+                 "loss": self.last_loss, "throughput": self.last_rates, "skipped_steps": self.skipped,
+                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.checkpointer.save(self.engine, self.step, state, self.cfg.to_yaml())
+        self.last_saved = self.step
+
+    def write_result(self, reason: str) -> None:
+        if self.rank != 0:
+            return
+        out = self.ctx.out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        result = {"result": reason, "step": self.step, "tokens": self.consumed_tokens, "loss": self.last_loss,
+                  "skipped_steps": self.skipped, "unigram_entropy": unigram_entropy(self.data.train)}
+        (out / "result.json").write_text(json.dumps(result, indent=1))
+
+    # ---------------------------------------------------------------------------------- close
+    def close(self) -> None:
+        """Release DeepSpeed and the process group before exit (avoids gloo's shutdown abort)."""
+        self.stop.restore()
+        self.metrics.close()
+        self.engine = self.optimizer = self.checkpointer = None
+        gc.collect()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def changed_data_keys(saved_config: Path, current: dict) -> str:
+    """The config keys that changed the data since the checkpoint, as a hint for the error."""
+    try:
+        saved = yaml.safe_load(saved_config.read_text())
+    except (OSError, yaml.YAMLError):
+        return ""
+    changed = []
+    for key in DATA_KEYS:
+        old, new = saved, current
+        for part in key.split("."):
+            old, new = (old or {}).get(part), (new or {}).get(part)
+        if old != new:
+            changed += [f"{key}: {old!r} -> {new!r}"] if not isinstance(new, dict) else \
+                [f"{key}.{k}: {(old or {}).get(k)!r} -> {v!r}" for k, v in new.items() if (old or {}).get(k) != v]
+    return ("changed since the checkpoint: " + ", ".join(changed)) if changed else ""
+
+
+_ENTROPY_CACHE: dict[int, float] = {}
+
+
+def unigram_entropy(index: SampleIndex, max_samples: int = 2000) -> float:
+    """Entropy (nats) of the token distribution of the first samples: the loss a unigram model gets."""
+    key = id(index)
+    if key not in _ENTROPY_CACHE:
+        n = min(len(index), max_samples)
+        counts = np.bincount(np.concatenate([index[i][:-1] for i in range(n)]))
+        p = counts[counts > 0] / counts.sum()
+        _ENTROPY_CACHE[key] = float(-(p * np.log(p)).sum())
+    return _ENTROPY_CACHE[key]

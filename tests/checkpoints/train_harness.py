@@ -1,0 +1,193 @@
+"""Run the real `pretrain` step in real processes (torch.distributed.run, gloo, DeepSpeed on CPU).
+
+As a script (one process per rank): builds a TaskContext from a JSON spec and calls
+`pipeline.train.train_step(ctx)`. Until the preprocess stage's sample index is used here, the data is a
+deterministic synthetic token stream (a noisy Markov chain, so the loss can fall), and the model is
+`pipeline.model.BloomModel` when it exists, else a tiny LM below.
+
+From tests: `launch(...)` starts it and `losses(...)` reads the per-step losses it logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+VOCAB = 96
+
+
+class SyntheticTokens:
+    """Sample i is generated from seed (base, i): the same sample whoever asks for it."""
+
+    def __init__(self, num_samples: int, seq_len: int, seed: int, vocab: int = VOCAB):
+        self.n, self.seq_len, self.seed, self.vocab = num_samples, seq_len, seed, vocab
+        self.fingerprint = hashlib.sha256(f"synthetic:{num_samples}:{seq_len}:{seed}:{vocab}".encode()).hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, i])
+        out = np.empty(self.seq_len + 1, dtype=np.int64)
+        out[0] = rng.integers(self.vocab)
+        noise = rng.random(self.seq_len) < 0.1
+        jumps = rng.integers(self.vocab, size=self.seq_len)
+        for t in range(self.seq_len):  # next = 5 * prev + 1 mod V, 10% of the time a random token
+            out[t + 1] = jumps[t] if noise[t] else (5 * out[t] + 1) % self.vocab
+        return out
+
+
+class TinyLM(torch.nn.Module):
+    """Embedding, one pre-LN MLP block, tied output: enough to learn the chain above."""
+
+    def __init__(self, vocab: int, hidden: int = 32):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, hidden)
+        self.norm = torch.nn.LayerNorm(hidden)
+        self.blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(hidden, 4 * hidden), torch.nn.GELU(),
+                                                               torch.nn.Linear(4 * hidden, hidden))])
+        self.final_norm = torch.nn.LayerNorm(hidden)
+        torch.nn.init.normal_(self.embed.weight, std=0.02)
+
+    def forward(self, input_ids, labels=None):
+        x = self.norm(self.embed(input_ids))
+        for block in self.blocks:
+            x = x + block(x)
+        logits = self.final_norm(x) @ self.embed.weight.t()
+        if labels is None:
+            return logits
+        return torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1))
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return 6 * sum(p.numel() for p in self.parameters())
+
+
+def use_bloom() -> bool:
+    return (REPO / "pipeline" / "model.py").exists() and os.environ.get("GRAINE_TEST_TINY_MODEL") != "1"
+
+
+def base_overrides(run_dir: Path) -> list[str]:
+    """A run of 16 steps of 4 samples x 32 tokens, saving every 4 steps."""
+    model = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.pad_vocab_to_multiple=32"]
+    return [f"run_dir={run_dir}", "train.seq_len=32", "train.micro_batch_size=2", "train.global_batch_size=4",
+            "train.train_tokens=2048", "train.lr=3e-3", "train.warmup_tokens=256", "train.decay_tokens=2048",
+            "train.log_interval=1", "train.eval_interval=8", "train.eval_iters=1", "checkpoint.interval=4",
+            "checkpoint.keep_last=2", "train.devices_per_node=2", *model]
+
+
+# ------------------------------------------------------------------------------------ worker side
+def worker(spec_path: str) -> None:
+    from pipeline import train
+    from pipeline.config import load_config
+    from pipeline.stage import TaskContext
+    from pipeline.task import setup_logging
+    from pipeline.trainer import TrainData
+
+    spec = json.loads(Path(spec_path).read_text())
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    setup_logging(rank)
+    cfg = load_config(None, spec["overrides"])
+    n = spec.get("num_samples", 4096)
+
+    def build_data(ctx):
+        t = ctx.cfg.train
+        data = TrainData(SyntheticTokens(n, t.seq_len, ctx.cfg.seed), SyntheticTokens(64, t.seq_len, ctx.cfg.seed + 1),
+                         {"tokenizer": "synthetic", "preprocess": "synthetic"})
+        return data, VOCAB
+
+    def build_model(cfg, vocab):
+        torch.manual_seed(cfg.seed)
+        if use_bloom():
+            from pipeline.model import BloomModel
+
+            return BloomModel(cfg.model, vocab)
+        return TinyLM(vocab, cfg.model.hidden_size)
+
+    train.build_data, train.build_model = build_data, build_model
+    ctx = TaskContext(cfg, "pretrain", "train", rank, world, out_dir=Path(cfg.run_dir) / "pretrain",
+                      work_dir=Path(cfg.run_dir) / ".work")
+    code = 0
+    try:
+        result = train.train_step(ctx)
+    except Exception as exc:  # reported to the test through the result file and the exit code
+        import traceback
+
+        traceback.print_exc()
+        result, code = f"error: {type(exc).__name__}: {exc}", 1
+    Path(cfg.run_dir, f"result-rank{rank}.json").write_text(json.dumps({"result": result}))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # gloo's shutdown race (DEEPSPEED_CPU.md): no interpreter teardown
+
+
+# -------------------------------------------------------------------------------------- test side
+def env(extra: dict | None = None) -> dict:
+    out = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "PYTHONUNBUFFERED": "1"}
+    return {**out, **(extra or {})}
+
+
+def command(spec_file: Path, nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            str(Path(__file__)), str(spec_file)]
+
+
+def write_spec(run_dir: Path, overrides: list[str], nproc: int, **extra) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = run_dir.parent / f"{run_dir.name}-spec.json"
+    spec.write_text(json.dumps({"overrides": [*base_overrides(run_dir), f"train.devices_per_node={nproc}",
+                                              *overrides], **extra}))
+    return spec
+
+
+def launch(run_dir: Path, overrides: list[str] = (), nproc: int = 2, hooks: dict | None = None,
+           timeout: float = 120, **extra) -> tuple[str, str]:
+    """Run the step to its end; returns (rank 0's result, combined output)."""
+    spec = write_spec(run_dir, list(overrides), nproc, **extra)
+    for old in run_dir.glob("result-rank*.json"):
+        old.unlink()
+    proc = subprocess.run(command(spec, nproc), env=env(hooks), capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+    output = proc.stdout + proc.stderr
+    try:
+        result = json.loads((run_dir / "result-rank0.json").read_text())["result"]
+    except OSError:
+        result = f"no result (exit {proc.returncode})"
+    return result, output
+
+
+def start(run_dir: Path, overrides: list[str] = (), nproc: int = 2, hooks: dict | None = None) -> subprocess.Popen:
+    """Start the step in the background (its own process group, so a test can kill -9 all of it)."""
+    spec = write_spec(run_dir, list(overrides), nproc)
+    return subprocess.Popen(command(spec, nproc), env=env(hooks), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def records(run_dir: Path, kind: str = "train") -> list[dict]:
+    path = run_dir / "logs" / "metrics.jsonl"
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # cut by a kill -9
+        if rec["kind"] == kind:
+            out.append(rec)
+    return out
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """{step: loss}; a step logged twice (before a kill and after the resume) keeps its last value."""
+    return {r["step"]: r["loss"] for r in records(run_dir)}
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])
