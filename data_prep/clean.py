@@ -1,0 +1,271 @@
+"""Stage `clean`: raw documents -> normalised, language-identified, filtered, redacted, deduplicated shards.
+
+Steps (each task writes only its own files, each under a temporary name renamed when complete):
+  filter   N tasks  read a size-balanced slice of the inputs; normalise, identify the language, filter,
+                    redact PII; kept documents, their keys, exact hashes, MinHash signatures and LSH band
+                    hashes go to work_dir/filter/<rank>/; exclusions and rejects are written beside.
+  dedup    N tasks  task r owns the hashes with hash % N == r: exact groups and verified LSH pairs -> edges.
+  clusters 1 task   join the edges; keep the smallest key (first in input order) of each cluster.
+  write    N tasks  drop the removed documents from filter task r's output: clean/part-<rank>.jsonl.zst.
+  stats    1 task   merge per-task counts into clean/stats.json, clean/summary.txt and clean/rejects.jsonl.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep import clean_stats as report
+from data_prep.dedup import (
+    EXACT,
+    SignatureIndex,
+    TaskSignatures,
+    exact_edges,
+    lsh_candidates,
+    resolve_clusters,
+    verify,
+)
+from data_prep.filters import (
+    CodeFilter,
+    QualityFilter,
+    check_overrides,
+    code_params,
+    params_for,
+    remove_boilerplate,
+)
+from data_prep.jsonl import JsonlWriter, read_jsonl, write_json, write_npy
+from data_prep.langid import LanguageIdentifier
+from data_prep.minhash import MinHasher, band_hashes, is_cjk
+from data_prep.normalize import Normalizer
+from data_prep.pii import PiiRedactor
+from data_prep.readers import Document, Fields, InputFile, Reject, assign_files, list_inputs, read_file
+from pipeline.config import CleanConfig, RunConfig
+from pipeline.stage import Stage, Step, TaskContext, one_task
+
+REASON_NAMES = {EXACT: "exact_duplicate", 1: "near_duplicate"}
+MINHASH_SEED = 1  # fixed: signatures are comparable across runs and configs
+
+
+def num_tasks(cfg: RunConfig) -> int:
+    return cfg.clean.num_tasks
+
+
+def input_files(cfg: RunConfig) -> list[Path]:
+    return [f.path for f in list_inputs(cfg.clean.inputs, cfg.clean.code_extensions)]
+
+
+def _task_dir(ctx: TaskContext, step: str, rank: int) -> Path:
+    return ctx.work_dir / step / f"{rank:05d}"
+
+
+# ------------------------------------------------------------------------------------ documents
+class DocumentCleaner:
+    """One document in, (output record or None, language, drop reason) out; counts go to `stats`."""
+
+    def __init__(self, cfg: CleanConfig, stats: dict):
+        check_overrides(cfg.filters)
+        self.cfg, self.stats = cfg, stats
+        self.normalize = Normalizer(cfg.normalize)
+        self.langid = LanguageIdentifier(cfg.langid_chars)
+        self.pii = PiiRedactor()
+        self.code_filter = CodeFilter(code_params(cfg.filters))
+        self.quality: dict[str, QualityFilter] = {}
+        self.keep = set(cfg.languages)
+
+    def _quality(self, lang: str) -> QualityFilter:
+        if lang not in self.quality:
+            params = params_for(lang, self.cfg.filters, self.cfg.min_lang_score)
+            self.quality[lang] = QualityFilter(lang, params)
+        return self.quality[lang]
+
+    def __call__(self, doc: Document) -> tuple[dict, str, str]:
+        text = self.normalize(doc.text, code=bool(doc.code_lang))
+        lang, score, reason = "und", 0.0, ""
+        if not text.strip():
+            reason = "empty_text"
+        elif doc.code_lang:
+            lang = "code"
+            reason = self.code_filter(text)[1]
+        else:
+            if self.cfg.boilerplate:
+                text, removed = remove_boilerplate(text)
+                self.stats["boilerplate_lines"] += removed
+            lang, score = self.langid(text)
+            if self.keep and lang not in self.keep:
+                if not self.cfg.keep_other:
+                    reason = "language_not_kept"
+                lang = "other" if self.cfg.keep_other else lang
+            if not reason:
+                reason = self._quality(lang)(text, score)[1]
+        if self.cfg.pii:
+            text = self.pii(text)
+        record = {"id": doc.id, "text": text, "lang": lang, "lang_score": score, "source": doc.source}
+        if doc.code_lang:
+            record["code_lang"] = doc.code_lang
+        record.update((k, v) for k, v in doc.meta.items() if k not in record)
+        return record, lang, reason
+
+
+def exact_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+# ----------------------------------------------------------------------------------------- filter
+def run_filter(ctx: TaskContext) -> None:
+    cfg = ctx.cfg.clean
+    files = assign_files(list_inputs(cfg.inputs, cfg.code_extensions), ctx.world_size)[ctx.rank]
+    out = _task_dir(ctx, "filter", ctx.rank)
+    stats = report.new_stats()
+    cleaner = DocumentCleaner(cfg, stats)
+    hasher = MinHasher(cfg.dedup.num_perm, cfg.dedup.shingle_size, seed=MINHASH_SEED)
+    keys, hashes, sigs = [], [], []
+    with JsonlWriter(out / "docs.jsonl.zst") as kept, \
+            JsonlWriter(ctx.out_dir / "excluded" / f"filtered-{ctx.rank:05d}.jsonl.zst") as excluded, \
+            JsonlWriter(out / "rejects.jsonl") as rejects:
+        bar = tqdm(files, desc=f"clean/filter {ctx.rank}", unit="file", disable=None)
+        for f in bar:
+            stats["files"] += 1
+            for item in read_file(f, Fields(cfg.text_field, cfg.id_field, cfg.code_field)):
+                if isinstance(item, Reject):
+                    report.count_reject(stats, item)
+                    rejects.write({"file": item.source, "line": item.line, "reason": item.reason, "detail": item.detail})
+                    continue
+                record, lang, reason = cleaner(item)
+                report.count_doc(stats, lang, item.text, record["text"], reason)
+                if reason:
+                    excluded.write({**record, "reason": reason})
+                    continue
+                kept.write(record)
+                keys.append(item.key)
+                hashes.append(exact_hash(record["text"]))
+                if cfg.dedup.near:
+                    sigs.append(hasher.signature(record["text"], cjk=lang in ("zh", "ja") or is_cjk(record["text"])))
+            bar.set_postfix(kept=kept.count, excluded=excluded.count, rejected=rejects.count)
+    _save_signatures(out, cfg, keys, hashes, sigs)
+    stats["normalize"].update(cleaner.normalize.counts)
+    stats["pii"].update(cleaner.pii.counts)
+    write_json(out / "stats.json", stats)
+    ctx.log.info("clean/filter %d: %d files, kept %d, excluded %d, rejected %d", ctx.rank, len(files),
+                 kept.count, excluded.count, rejects.count)
+
+
+def _save_signatures(out: Path, cfg: CleanConfig, keys: list, hashes: list, sigs: list) -> None:
+    num_perm = cfg.dedup.num_perm if cfg.dedup.near else 0
+    sig_array = np.stack(sigs) if sigs else np.zeros((len(keys) if num_perm == 0 else 0, num_perm), np.uint32)
+    bands = band_hashes(sig_array, cfg.dedup.bands, cfg.dedup.rows) if cfg.dedup.near else \
+        np.zeros((len(keys), 0), np.uint64)
+    write_npy(out / "sigs.npy", sig_array)
+    write_npy(out / "bands.npy", bands)
+    write_npy(out / "exact.npy", np.array(hashes, dtype=np.uint64))
+    write_npy(out / "keys.npy", np.array(keys, dtype=np.uint64))  # written last: marks the set complete
+
+
+def load_signatures(ctx: TaskContext) -> list[TaskSignatures]:
+    tasks = []
+    for rank in range(ctx.cfg.clean.num_tasks):
+        d = _task_dir(ctx, "filter", rank)
+        tasks.append(TaskSignatures(keys=np.load(d / "keys.npy"), exact=np.load(d / "exact.npy"),
+                                    bands=np.load(d / "bands.npy", mmap_mode="r"),
+                                    sigs=np.load(d / "sigs.npy", mmap_mode="r")))
+    return tasks
+
+
+# ------------------------------------------------------------------------------------------ dedup
+def run_dedup(ctx: TaskContext) -> None:
+    cfg = ctx.cfg.clean.dedup
+    tasks = load_signatures(ctx)
+    keys = np.concatenate([t.keys for t in tasks])
+    edges = [np.zeros((0, 3), dtype=np.uint64)]
+    if cfg.exact:
+        exact = exact_edges(keys, np.concatenate([t.exact for t in tasks]), ctx.rank, ctx.world_size)
+        edges.append(np.column_stack([exact, np.full(len(exact), EXACT, np.uint64)]))
+    if cfg.near and len(keys):
+        candidates = lsh_candidates(keys, np.concatenate([np.asarray(t.bands) for t in tasks]), ctx.rank, ctx.world_size)
+        near = verify(candidates, SignatureIndex(tasks), cfg.threshold)
+        edges.append(np.column_stack([near, np.ones(len(near), np.uint64)]))
+        ctx.log.info("clean/dedup %d: %d LSH candidates, %d verified", ctx.rank, len(candidates), len(near))
+    write_npy(_task_dir(ctx, "dedup", ctx.rank) / "edges.npy", np.concatenate(edges).astype(np.uint64))
+
+
+def run_clusters(ctx: TaskContext) -> None:
+    edges = np.concatenate([np.load(_task_dir(ctx, "dedup", r) / "edges.npy") for r in range(ctx.cfg.clean.num_tasks)])
+    removed, kept = resolve_clusters(edges[:, :2])
+    tasks = load_signatures(ctx)
+    keys = np.concatenate([t.keys for t in tasks])
+    exact = np.concatenate([t.exact for t in tasks])
+    order = np.argsort(keys)
+    lookup = lambda k: exact[order[np.searchsorted(keys[order], k)]]  # noqa: E731
+    reason = np.where(lookup(removed) == lookup(kept), EXACT, 1).astype(np.uint64) if len(removed) else removed
+    write_npy(ctx.work_dir / "clusters" / "removed.npy", np.column_stack([removed, kept, reason]).astype(np.uint64))
+    ctx.log.info("clean/clusters: %d documents removed as duplicates", len(removed))
+
+
+# ------------------------------------------------------------------------------------------ write
+def run_write(ctx: TaskContext) -> None:
+    cfg = ctx.cfg.clean
+    src = _task_dir(ctx, "filter", ctx.rank)
+    stats = json.loads((src / "stats.json").read_text())
+    removed = np.load(ctx.work_dir / "clusters" / "removed.npy")
+    keys = np.load(src / "keys.npy")
+    pos = np.searchsorted(removed[:, 0], keys)
+    hit = (pos < len(removed)) & (removed[np.minimum(pos, len(removed) - 1), 0] == keys) if len(removed) else \
+        np.zeros(len(keys), bool)
+    sources = {f.index: f.source for f in list_inputs(cfg.inputs, cfg.code_extensions)}
+    with JsonlWriter(ctx.out_dir / f"part-{ctx.rank:05d}.jsonl.{cfg.compression}") as out, \
+            JsonlWriter(ctx.out_dir / "excluded" / f"duplicates-{ctx.rank:05d}.jsonl.zst") as dups:
+        for row, record in enumerate(tqdm(read_jsonl(src / "docs.jsonl.zst"), total=len(keys),
+                                          desc=f"clean/write {ctx.rank}", unit="doc", disable=None)):
+            if not hit[row]:
+                out.write(record)
+                continue
+            _, kept_key, code = removed[pos[row]]
+            reason = REASON_NAMES[int(code)]
+            dups.write({**record, "reason": reason,
+                        "duplicate_of": f"{sources[int(kept_key) >> 32]}:{int(kept_key) & 0xFFFFFFFF}"})
+            report.count_duplicate(stats, record["lang"], record["text"], reason)
+    write_json(ctx.work_dir / "stats" / f"{ctx.rank:05d}.json", stats)
+    ctx.log.info("clean/write %d: %d documents written, %d duplicates removed", ctx.rank, out.count, dups.count)
+
+
+def run_stats(ctx: TaskContext) -> None:
+    n = ctx.cfg.clean.num_tasks
+    parts = [json.loads((ctx.work_dir / "stats" / f"{r:05d}.json").read_text()) for r in range(n)]
+    stats = report.finalize(report.merge(parts), n)
+    rejects = [r for rank in range(n) for r in read_jsonl(_task_dir(ctx, "filter", rank) / "rejects.jsonl")]
+    with JsonlWriter(ctx.out_dir / "rejects.jsonl") as out:
+        for record in sorted(rejects, key=lambda r: (r["file"], r["line"], r["reason"])):
+            out.write(record)
+    write_json(ctx.out_dir / "stats.json", stats)
+    text = report.render(stats)
+    (ctx.out_dir / "summary.txt").write_text(text + "\n", encoding="utf-8")
+    ctx.log.info("clean summary\n%s", text)
+
+
+def summary(published_dir: Path) -> str:
+    path = Path(published_dir) / "stats.json"
+    if not path.is_file():
+        return f"no stats.json in {published_dir}"
+    return report.render(json.loads(path.read_text()))
+
+
+STAGE = Stage(
+    name="clean",
+    needs=(),
+    sections=("clean",),
+    steps=(
+        Step("filter", run_filter, num_tasks),
+        Step("dedup", run_dedup, num_tasks),
+        Step("clusters", run_clusters, one_task),
+        Step("write", run_write, num_tasks),
+        Step("stats", run_stats, one_task),
+    ),
+    description="normalise, identify languages, filter, redact PII and deduplicate the raw corpus",
+    summary=summary,
+    external_inputs=input_files,
+)
+
+__all__ = ["STAGE", "DocumentCleaner", "InputFile", "summary"]

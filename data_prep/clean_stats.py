@@ -1,0 +1,94 @@
+"""Counts of the clean stage: per task, merged into clean/stats.json, and rendered as a readable summary.
+
+Invariant (checked by the tests): for every language, docs_in = docs_out + sum(dropped); and every
+record that could not be read is in `rejected` (by reason), never in a language's docs_in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from data_prep.readers import Reject
+
+
+def new_stats() -> dict[str, Any]:
+    return {"files": 0, "rejected": {}, "languages": {}, "pii": {}, "normalize": {}, "boilerplate_lines": 0}
+
+
+def _lang(stats: dict, lang: str) -> dict:
+    return stats["languages"].setdefault(lang, {"docs_in": 0, "bytes_in": 0, "docs_out": 0, "bytes_out": 0, "dropped": {}})
+
+
+def count_reject(stats: dict, reject: Reject) -> None:
+    stats["rejected"][reject.reason] = stats["rejected"].get(reject.reason, 0) + 1
+
+
+def count_doc(stats: dict, lang: str, raw_text: str, text: str, reason: str) -> None:
+    entry = _lang(stats, lang)
+    entry["docs_in"] += 1
+    entry["bytes_in"] += len(raw_text.encode("utf-8"))
+    if reason:
+        entry["dropped"][reason] = entry["dropped"].get(reason, 0) + 1
+    else:
+        entry["docs_out"] += 1
+        entry["bytes_out"] += len(text.encode("utf-8"))
+
+
+def count_duplicate(stats: dict, lang: str, text: str, reason: str) -> None:
+    """A document counted as kept by the filter step turned out to be a duplicate."""
+    entry = _lang(stats, lang)
+    entry["docs_out"] -= 1
+    entry["bytes_out"] -= len(text.encode("utf-8"))
+    entry["dropped"][reason] = entry["dropped"].get(reason, 0) + 1
+
+
+def merge(parts: list[dict]) -> dict:
+    """Sum nested dictionaries of counts."""
+    out: dict = {}
+    for part in parts:
+        _add(out, part)
+    return out
+
+
+def _add(into: dict, other: dict) -> None:
+    for key, value in other.items():
+        if isinstance(value, dict):
+            _add(into.setdefault(key, {}), value)
+        else:
+            into[key] = into.get(key, 0) + value
+
+
+def finalize(stats: dict, num_tasks: int) -> dict:
+    """Add totals over languages; sort languages by documents kept for a readable file."""
+    totals = {"docs_in": 0, "bytes_in": 0, "docs_out": 0, "bytes_out": 0, "dropped": {}}
+    for entry in stats.get("languages", {}).values():
+        for key in ("docs_in", "bytes_in", "docs_out", "bytes_out"):
+            totals[key] += entry[key]
+        _add(totals["dropped"], entry["dropped"])
+    stats = {**new_stats(), **stats}
+    stats["totals"] = totals
+    stats["totals"]["rejected"] = sum(stats["rejected"].values())
+    stats["num_tasks"] = num_tasks
+    return stats
+
+
+def render(stats: dict) -> str:
+    """The table printed at the end of the stage and by `graine status`."""
+    t = stats["totals"]
+    lines = [f"clean: {t['docs_out']:,} of {t['docs_in']:,} documents kept "
+             f"({t['bytes_out'] / 1e6:.1f} of {t['bytes_in'] / 1e6:.1f} MB), {t['rejected']:,} unreadable records, "
+             f"{stats.get('num_tasks', '?')} tasks",
+             f"{'lang':<8}{'docs in':>10}{'kept':>10}{'MB out':>9}  top drop reasons"]
+    langs = sorted(stats["languages"].items(), key=lambda kv: (-kv[1]["docs_out"], kv[0]))
+    for lang, e in langs:
+        reasons = sorted(e["dropped"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        lines.append(f"{lang:<8}{e['docs_in']:>10,}{e['docs_out']:>10,}{e['bytes_out'] / 1e6:>9.2f}  "
+                     + ", ".join(f"{r} {n}" for r, n in reasons))
+    if t["dropped"]:
+        lines.append("dropped: " + ", ".join(f"{r} {n}" for r, n in sorted(t["dropped"].items())))
+    if stats["rejected"]:
+        lines.append("unreadable: " + ", ".join(f"{r} {n}" for r, n in sorted(stats["rejected"].items()))
+                     + " (see rejects.jsonl)")
+    if stats["pii"]:
+        lines.append("PII redacted: " + ", ".join(f"{k} {n}" for k, n in sorted(stats["pii"].items())))
+    return "\n".join(lines)

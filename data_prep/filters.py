@@ -1,0 +1,224 @@
+"""Quality filters with per-language parameters (BigScience/ROOTS style) and line-level boilerplate removal.
+
+Every check returns `(keep, reason)`; the first failing check names the drop reason counted in
+stats.json. Ratios follow the BigScience filtering definitions: character repetition is the share of
+character n-gram occurrences taken by the sqrt(#distinct) most frequent n-grams; word repetition is
+the share of word n-gram occurrences whose n-gram occurs more than once. Scripts without spaces (zh,
+ja) are split into characters; their word bounds count characters and their stopword and flagged-word
+ratios count characters covered by listed words. `clean.filters.<lang>.<param>` overrides the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from data_prep.minhash import code_points, ngram_hashes
+from pipeline.errors import ConfigError
+
+CJK_LANGS = frozenset({"zh", "ja", "yue", "wuu"})
+PUNCT = "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum()) + \
+    "«»“”„‘’…–—¿¡。，、；：！？（）《》「」『』【】·•|،؛؟।॥"
+# Punctuation, symbols and digits (emoji included) but not whitespace or letters of any script.
+_SPECIAL = re.compile("[!-/:-@\\[-`{-~\u00a1-\u00bf\u00d7\u00f7\u2010-\u205e\u2100-\u2bff\u3000-\u303f"
+                      "\uff01-\uff0f\uff1a-\uff20\U0001f000-\U0001faff0-9\ufffd]")
+_CJK_TOKEN = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
+                        "|[^\\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
+@dataclass(frozen=True)
+class FilterParams:
+    min_words: float = 20  # words (characters for zh/ja) after boilerplate removal
+    max_words: float = 100_000
+    char_rep_n: float = 10
+    max_char_rep: float = 0.2
+    word_rep_n: float = 5
+    max_word_rep: float = 0.3
+    max_special: float = 0.25
+    min_stopwords: float = 0.15
+    max_flagged: float = 0.03
+    min_lang_score: float = 0.6
+
+
+@dataclass(frozen=True)
+class CodeParams:
+    min_chars: float = 50
+    max_bytes: float = 1_000_000
+    max_line_length: float = 1000  # minified or generated files
+    max_mean_line_length: float = 100
+    min_alnum: float = 0.25  # share of letters and digits among all characters
+
+
+# Tighter stopword cut-offs where the embedded lists are long enough to make the ratio meaningful;
+# zh/ja count characters, so their word bounds are larger; Arabic clitics (و, ال) hide stopwords.
+LANGUAGE_PARAMS: dict[str, dict[str, float]] = {
+    "en": {"min_stopwords": 0.2, "min_lang_score": 0.7},
+    "fr": {"min_stopwords": 0.2, "min_lang_score": 0.7},
+    "es": {"min_stopwords": 0.2, "min_lang_score": 0.7},
+    "de": {"min_stopwords": 0.15, "min_lang_score": 0.7},
+    "pt": {"min_stopwords": 0.2, "min_lang_score": 0.7},
+    "ru": {"min_stopwords": 0.15, "min_lang_score": 0.7},
+    "ar": {"min_stopwords": 0.08, "min_lang_score": 0.7, "max_special": 0.2},
+    "hi": {"min_stopwords": 0.2, "min_lang_score": 0.7},
+    "vi": {"min_stopwords": 0.15, "min_lang_score": 0.6, "max_word_rep": 0.35},
+    "zh": {"min_words": 60, "min_stopwords": 0.08, "char_rep_n": 5, "max_char_rep": 0.25,
+           "word_rep_n": 10, "min_lang_score": 0.6},
+    "ja": {"min_words": 60, "min_stopwords": 0.1, "char_rep_n": 5, "max_char_rep": 0.25,
+           "word_rep_n": 10, "min_lang_score": 0.6},
+    "tr": {"min_stopwords": 0.1, "min_lang_score": 0.7},
+}
+
+
+@functools.cache
+def _word_list(name: str) -> dict[str, frozenset[str]]:
+    data = json.loads(resources.files("data_prep.resources").joinpath(name).read_text(encoding="utf-8"))
+    return {lang: frozenset(w.lower() for w in words) for lang, words in data.items() if lang != "_about"}
+
+
+def stopwords(lang: str) -> frozenset[str]:
+    return _word_list("stopwords.json").get(lang, frozenset())
+
+
+def flagged_words(lang: str) -> frozenset[str]:
+    return _word_list("flagged_words.json").get(lang, frozenset())
+
+
+def params_for(lang: str, overrides: dict[str, dict[str, float]], default_min_lang_score: float) -> FilterParams:
+    """The table row of `lang` (or the defaults), then `clean.filters.default`, then `clean.filters.<lang>`."""
+    values = {"min_lang_score": default_min_lang_score, **LANGUAGE_PARAMS.get(lang, {})}
+    values.update(overrides.get("default", {}))
+    values.update(overrides.get(lang, {}))
+    return FilterParams(**values)
+
+
+def check_overrides(overrides: dict[str, dict[str, float]]) -> None:
+    """Reject unknown parameter names in `clean.filters` before any task starts."""
+    text_names = [f.name for f in dataclasses.fields(FilterParams)]
+    code_names = [f.name for f in dataclasses.fields(CodeParams)]
+    for lang, values in overrides.items():
+        valid = code_names if lang == "code" else text_names
+        for name in values:
+            if name not in valid:
+                raise ConfigError(f"unknown key 'clean.filters.{lang}.{name}'; valid keys: {', '.join(valid)}")
+
+
+# ------------------------------------------------------------------------------------------- words
+def split_words(text: str, lang: str) -> list[str]:
+    """Lower-cased words without surrounding punctuation; characters for zh/ja."""
+    if lang in CJK_LANGS:
+        tokens = _CJK_TOKEN.findall(text.lower())
+    else:
+        tokens = text.lower().split()
+    return [w for w in (t.strip(PUNCT) for t in tokens) if w]
+
+
+def char_repetition_ratio(text: str, n: int) -> float:
+    cps = code_points(text)
+    if len(cps) < n:
+        return 0.0
+    _, counts = np.unique(ngram_hashes(cps, n), return_counts=True)
+    top = int(np.sqrt(len(counts)))
+    return float(np.sort(counts)[::-1][:top].sum() / counts.sum())
+
+
+def word_repetition_ratio(words: list[str], n: int) -> float:
+    if len(words) < n:
+        return 0.0
+    counts = Counter(zip(*(words[i:] for i in range(n))))
+    total = len(words) - n + 1
+    return sum(c for c in counts.values() if c > 1) / total
+
+
+def special_ratio(text: str) -> float:
+    return len(_SPECIAL.findall(text)) / max(len(text.replace(" ", "")), 1)
+
+
+def list_ratio(words: list[str], text: str, listed: frozenset[str], lang: str) -> float:
+    """Share of words (characters for zh/ja) that belong to a word list."""
+    if lang in CJK_LANGS:
+        covered = sum(text.count(w) * len(w) for w in listed)
+        return covered / max(sum(map(len, words)), 1)
+    return sum(map(listed.__contains__, words)) / max(len(words), 1)
+
+
+# ----------------------------------------------------------------------------------------- filters
+class QualityFilter:
+    """All document-level checks for one language, cheapest first."""
+
+    def __init__(self, lang: str, params: FilterParams):
+        self.lang, self.p = lang, params
+        self.stopwords, self.flagged = stopwords(lang), flagged_words(lang)
+
+    def __call__(self, text: str, lang_score: float) -> tuple[bool, str]:
+        p, lang = self.p, self.lang
+        if lang_score < p.min_lang_score:
+            return False, "low_lang_score"
+        words = split_words(text, lang)
+        n_words = sum(map(len, words)) if lang in CJK_LANGS else len(words)
+        if n_words < p.min_words:
+            return False, "too_few_words"
+        if n_words > p.max_words:
+            return False, "too_many_words"
+        if special_ratio(text) > p.max_special:
+            return False, "special_characters"
+        if word_repetition_ratio(words, int(p.word_rep_n)) > p.max_word_rep:
+            return False, "word_repetition"
+        if char_repetition_ratio(text, int(p.char_rep_n)) > p.max_char_rep:
+            return False, "char_repetition"
+        if self.stopwords and list_ratio(words, text, self.stopwords, lang) < p.min_stopwords:
+            return False, "too_few_stopwords"
+        if self.flagged and list_ratio(words, text, self.flagged, lang) > p.max_flagged:
+            return False, "flagged_words"
+        return True, ""
+
+
+class CodeFilter:
+    """Checks for source files: size, minified or generated content, share of alphanumerics."""
+
+    def __init__(self, params: CodeParams):
+        self.p = params
+
+    def __call__(self, text: str) -> tuple[bool, str]:
+        p = self.p
+        if len(text.strip()) < p.min_chars:
+            return False, "code_too_short"
+        if len(text.encode("utf-8")) > p.max_bytes:
+            return False, "code_too_large"
+        lengths = [len(line) for line in text.split("\n")]
+        if max(lengths) > p.max_line_length or sum(lengths) / len(lengths) > p.max_mean_line_length:
+            return False, "code_long_lines"
+        if sum(c.isalnum() for c in text) / len(text) < p.min_alnum:
+            return False, "code_low_alnum"
+        return True, ""
+
+
+def code_params(overrides: dict[str, dict[str, float]]) -> CodeParams:
+    return CodeParams(**overrides.get("code", {}))
+
+
+# ------------------------------------------------------------------------------------- boilerplate
+@functools.lru_cache(maxsize=1)
+def _boilerplate() -> re.Pattern[str]:
+    data = json.loads(resources.files("data_prep.resources").joinpath("boilerplate.json").read_text("utf-8"))
+    return re.compile("|".join(f"(?:{p})" for p in data["patterns"]), re.IGNORECASE)
+
+
+def remove_boilerplate(text: str) -> tuple[str, int]:
+    """Drop lines that are web boilerplate or hold no letter or digit; returns (text, lines removed)."""
+    pattern = _boilerplate()
+    kept, removed = [], 0
+    for line in text.split("\n"):
+        stripped = line.strip()
+        if stripped and (not any(c.isalnum() for c in stripped)
+                         or (len(stripped) < 200 and pattern.fullmatch(stripped))):
+            removed += 1
+            continue
+        kept.append(line)
+    return ("\n".join(kept).strip() if removed else text), removed

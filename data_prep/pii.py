@@ -1,0 +1,68 @@
+"""PII redaction: emails, IP addresses, phone numbers and common API keys/secrets become tags.
+
+Patterns are tuned for precision: an IPv4 needs four octets <= 255, a phone number needs a leading
+`+`, parentheses or at least two separators between 9-15 digits, so years, prices and plain numbers
+stay. Secrets are matched by their documented prefixes (AWS, GitHub, Slack, Stripe/OpenAI-style,
+Google API keys, PEM private keys) and by `key = value` assignments whose name says secret.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+TAGS = {"email": "<EMAIL>", "ip": "<IP_ADDRESS>", "phone": "<PHONE>", "secret": "<SECRET>"}
+
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_SECRET_PATTERNS = [
+    r"-----BEGIN (?:RSA |EC |OPENSSH |DSA )?PRIVATE KEY-----[\s\S]+?-----END (?:RSA |EC |OPENSSH |DSA )?PRIVATE KEY-----",
+    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key id
+    r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",  # GitHub tokens
+    r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b",  # Slack tokens
+    r"\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{16,}\b",  # Stripe keys
+    r"\bsk-[A-Za-z0-9_-]{20,}\b",  # OpenAI-style keys
+    r"\bAIza[0-9A-Za-z_-]{35}\b",  # Google API keys
+    # `aws_secret_access_key = ...`, `api_key: "..."`, `password=...`: redact the value only.
+    r"(?i)(\b\w*(?:secret|token|passwd|password|api_key|apikey|access_key)\w*[\"']?\s{0,3}[:=]\s{0,3}[\"']?)"
+    r"([A-Za-z0-9/+=_.-]{8,})",
+]
+PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("secret", re.compile("|".join(f"(?:{p})" for p in _SECRET_PATTERNS[:-1]))),
+    ("secret", re.compile(_SECRET_PATTERNS[-1])),
+    ("email", re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,24}\b")),
+    ("ip", re.compile(rf"(?<![\d.]){_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?![\d.]\d)")),
+    ("ip", re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])")),
+    # +CC then groups; (area) then groups; or 3+ groups with separators. 9-15 digits overall.
+    ("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,5}"
+                         r"|\(\d{2,4}\)[ .-]?\d{3,4}[ .-]\d{3,4}"
+                         r"|\d{2,4}[.-]\d{2,4}[.-]\d{2,4}(?:[.-]\d{2,4}){0,2}"
+                         r"|0\d(?: \d{2}){4})(?![\w])")),
+]
+
+
+def _digits(s: str) -> int:
+    return sum(c.isdigit() for c in s)
+
+
+class PiiRedactor:
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, text: str) -> str:
+        for kind, pattern in PATTERNS:
+            if kind == "email" and "@" not in text:
+                continue
+            text = pattern.sub(lambda m, k=kind: self._replace(k, m), text)
+        return text
+
+    def _replace(self, kind: str, match: re.Match[str]) -> str:
+        value = match.group(0)
+        if kind == "phone":
+            digits = _digits(value)
+            dates = re.fullmatch(r"\d{4}[.-]\d{2}[.-]\d{2}|\d{2}[.-]\d{2}[.-]\d{4}", value)
+            if not 9 <= digits <= 15 or dates:
+                return value  # a date or a short number, not a phone
+        self.counts[kind] += 1
+        if match.re.groups == 2:  # `name = value`: keep the name
+            return match.group(1) + TAGS[kind]
+        return TAGS[kind]

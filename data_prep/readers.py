@@ -1,0 +1,208 @@
+"""Raw-document readers: jsonl (plain, .gz, .zst), parquet, plain text and source files.
+
+`list_inputs` expands `clean.inputs` into a sorted, numbered file list (the number is part of every
+document's global key, so it must not depend on the task count); `assign_files` splits it by size
+into tasks; `read_file` yields a `Document` per record and a `Reject` per record it cannot read.
+A reject names its reason, file and line (line 0 = the whole file) and the task goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import heapq
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from pipeline.errors import DataError
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".ndjson")
+TEXT_SUFFIXES = (".txt", ".md")
+PARQUET_SUFFIXES = (".parquet",)
+CODE_LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".java": "java", ".c": "c",
+                  ".h": "c", ".cpp": "cpp", ".cc": "cpp", ".go": "go", ".rs": "rust", ".sh": "shell",
+                  ".rb": "ruby", ".php": "php", ".scala": "scala", ".lua": "lua", ".jl": "julia"}
+REJECT_REASONS = ("bad_json", "invalid_utf8", "missing_text", "non_string_text", "not_an_object",
+                  "empty_file", "unreadable_file", "unsupported_format")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: Path
+    source: str  # path relative to the common root of the inputs: stable across machines
+    index: int  # position in the sorted list of all inputs
+    size: int
+    kind: str  # jsonl | parquet | text | code | unknown
+    code_lang: str = ""
+
+
+@dataclass(slots=True)
+class Document:
+    id: str
+    text: str
+    source: str
+    line: int  # 1-based line (jsonl), row + 1 (parquet), 1 (text and code files)
+    key: int  # file index << 32 | line: sorts documents in input order whatever the task split
+    meta: dict = field(default_factory=dict)
+    code_lang: str = ""
+
+
+@dataclass(slots=True)
+class Reject:
+    reason: str
+    source: str
+    line: int
+    detail: str = ""
+
+
+def file_kind(path: Path, code_extensions: list[str]) -> tuple[str, str]:
+    name = path.name.lower()
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl", ""
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet", ""
+    if name.endswith(TEXT_SUFFIXES):
+        return "text", ""
+    if path.suffix.lower() in code_extensions:
+        return "code", CODE_LANGUAGES.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
+    return "unknown", ""
+
+
+def list_inputs(patterns: list[str], code_extensions: list[str]) -> list[InputFile]:
+    """Expand paths, directories and globs (`**` allowed) into a sorted list of files."""
+    if not patterns:
+        raise DataError("clean.inputs is empty; set it to the raw corpus, e.g. clean.inputs='[data/raw/**/*]'")
+    paths: set[Path] = set()
+    for pattern in patterns:
+        matched = [Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)]
+        found = [f for p in matched for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
+        found = [f for f in found if f.is_file() and not f.name.startswith(".")]
+        if not found:
+            raise DataError(f"clean.inputs entry {pattern!r} matches no file; check the path (globs such as "
+                            "data/raw/**/*.jsonl.zst are allowed)")
+        paths.update(p.resolve() for p in found)
+    ordered = sorted(paths, key=str)
+    root = Path(os.path.commonpath([p.parent for p in ordered]))
+    files = []
+    for i, p in enumerate(ordered):
+        kind, code_lang = file_kind(p, [e.lower() for e in code_extensions])
+        files.append(InputFile(p, p.relative_to(root).as_posix(), i, p.stat().st_size, kind, code_lang))
+    return files
+
+
+def assign_files(files: list[InputFile], num_tasks: int) -> list[list[InputFile]]:
+    """Largest file first to the least-loaded task (ties: lowest rank); each task reads in path order."""
+    heap = [(0, rank) for rank in range(num_tasks)]
+    tasks: list[list[InputFile]] = [[] for _ in range(num_tasks)]
+    for f in sorted(files, key=lambda f: (-f.size, f.index)):
+        load, rank = heapq.heappop(heap)
+        tasks[rank].append(f)
+        heapq.heappush(heap, (load + max(f.size, 1), rank))
+    return [sorted(t, key=lambda f: f.index) for t in tasks]
+
+
+# ------------------------------------------------------------------------------------------ reading
+@dataclass(frozen=True)
+class Fields:
+    text: str = "text"
+    id: str = "id"
+    code: str = ""
+
+
+def read_file(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:
+    """Every record of one file, in order; an unreadable record or file becomes a `Reject`."""
+    readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_whole, "code": _read_whole}
+    if f.kind not in readers:
+        yield Reject("unsupported_format", f.source, 0, f"extension of {f.path.name} is not one of "
+                     "jsonl[.gz|.zst], parquet, txt or clean.code_extensions")
+        return
+    if f.size == 0:
+        yield Reject("empty_file", f.source, 0, "the file is empty")
+        return
+    count = 0
+    try:
+        for item in readers[f.kind](f, fields):
+            count += isinstance(item, Document)
+            yield item
+    except (OSError, EOFError, ValueError, zstandard.ZstdError) as exc:
+        yield Reject("unreadable_file", f.source, 0, f"{type(exc).__name__}: {exc}"[:300])
+        return
+    if count == 0 and f.kind == "jsonl":
+        yield Reject("empty_file", f.source, 0, "no record in the file")
+
+
+def _open_lines(path: Path) -> io.BufferedIOBase:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if name.endswith(".zst"):
+        raw = open(path, "rb")  # noqa: SIM115 - closed with the stream reader below
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+    return open(path, "rb")  # noqa: SIM115 - the caller closes it
+
+
+def _read_jsonl(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:
+    with _open_lines(f.path) as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue  # a blank line is not a record
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield Reject("invalid_utf8", f.source, line_no, f"byte {exc.start}: {raw[exc.start:exc.start + 4]!r}")
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Reject("bad_json", f.source, line_no, f"{exc.msg} at column {exc.colno}")
+                continue
+            yield record_to_document(record, f, line_no, fields)
+
+
+def _read_parquet(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:
+    import pyarrow.parquet as pq  # imported here: pyarrow is slow to import and only parquet needs it
+
+    row = 0
+    for batch in pq.ParquetFile(f.path).iter_batches(batch_size=4096):
+        for record in batch.to_pylist():
+            row += 1
+            yield record_to_document(record, f, row, fields)
+
+
+def _read_whole(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:
+    data = f.path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        yield Reject("invalid_utf8", f.source, line, f"byte {exc.start}: {data[exc.start:exc.start + 4]!r}")
+        return
+    if not text.strip():
+        yield Reject("empty_file", f.source, 0, "the file holds only whitespace")
+        return
+    yield Document(id=f.source, text=text, source=f.source, line=1, key=f.index << 32 | 1, code_lang=f.code_lang)
+
+
+def record_to_document(record: object, f: InputFile, line: int, fields: Fields) -> Document | Reject:
+    if not isinstance(record, dict):
+        return Reject("not_an_object", f.source, line, f"a JSON {type(record).__name__}, not an object")
+    text = record.get(fields.text)
+    if text is None:
+        keys = ", ".join(list(record)[:8])
+        return Reject("missing_text", f.source, line, f"no field {fields.text!r} (clean.text_field); keys: {keys}")
+    if not isinstance(text, str):
+        return Reject("non_string_text", f.source, line, f"field {fields.text!r} is a {type(text).__name__}")
+    doc_id = record.get(fields.id)
+    doc_id = str(doc_id) if doc_id not in (None, "") else f"{f.source}:{line}"
+    meta = {k: v for k, v in record.items() if k not in (fields.text, fields.id)}
+    code_lang = f.code_lang
+    if fields.code and isinstance(record.get(fields.code), str) and record[fields.code]:
+        code_lang = record[fields.code]
+    return Document(id=doc_id, text=text, source=f.source, line=line, key=f.index << 32 | line,
+                    meta=meta, code_lang=code_lang)
