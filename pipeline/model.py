@@ -149,6 +149,10 @@ class BloomModel(nn.Module):
         return linear_cross_entropy(x.flatten(0, 1), self.word_embeddings.weight, labels.flatten(),
                                     chunk_tokens=self.cfg.loss_chunk_tokens, backend=self.kernels.cross_entropy)
 
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block in backward (train.activation_checkpointing): memory for one extra forward."""
+        self.activation_checkpointing = enabled
+
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: matrices (projections, embeddings) decay; biases and LayerNorm parameters do not."""
         decay, no_decay = [], []
