@@ -70,7 +70,7 @@ def profile_names() -> list[str]:
 @functools.cache
 def _read_profile(name: str) -> dict[str, Any]:
     path = PROFILE_DIR / f"{name}.yaml"
-    if not path.is_file():
+    if name not in profile_names():
         raise ConfigError(f"cluster.profile={name!r} is not a site profile; valid profiles: "
                           f"{', '.join(profile_names())} (files in {PROFILE_DIR})")
     data = yaml.safe_load(path.read_text()) or {}
@@ -219,19 +219,23 @@ def _check_gpu_rules(cfg: RunConfig, profile: dict[str, Any], params: dict[str, 
 
 
 def _minutes(value: Any, key: str) -> int:
-    """Walltime as minutes: an int, or Slurm's [D-]HH:MM[:SS] / MM strings."""
+    """Walltime as minutes: an int, or one of Slurm's strings (MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]])."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     text = str(value or "")
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
-    if not match or text in ("", "0"):
-        raise ConfigError(f"{key}={value!r} is not a walltime; give minutes (e.g. 1200) or HH:MM:SS")
-    days, first, second, third = match.groups()
-    if second is None:  # "MM" (or "D-HH")
-        minutes = int(first) * (60 if days else 1)
-    else:
-        minutes = int(first) * 60 + int(second) + (1 if third and int(third) else 0)
-    return int(days or 0) * 1440 + minutes
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+(?::\d+){0,2})", text)
+    if not match or not any(c not in "0:-" for c in text):
+        raise ConfigError(f"{key}={value!r} is not a walltime; give minutes (e.g. 1200) or '20:00:00' (quoted: "
+                          "unquoted YAML reads 20:00:00 as a base-60 number)")
+    days, rest = match.groups()
+    parts = [int(p) for p in rest.split(":")]
+    if days is not None:  # D-HH, D-HH:MM, D-HH:MM:SS
+        parts += [0] * (3 - len(parts))
+        seconds = ((int(days) * 24 + parts[0]) * 60 + parts[1]) * 60 + parts[2]
+    else:  # MM, MM:SS, HH:MM:SS
+        parts = {1: [0, *parts, 0], 2: [0, *parts], 3: parts}[len(parts)]
+        seconds = (parts[0] * 60 + parts[1]) * 60 + parts[2]
+    return -(-seconds // 60)  # Slurm rounds a partial minute up
 
 
 def _shell_value(value: str) -> str:

@@ -168,3 +168,9 @@ def test_clean_script_runs_each_step_then_publishes():
 def test_committed_examples_are_in_sync():
     stale = slurm.stale_examples()
     assert not stale, f"slurm/examples out of date: {stale}; run {slurm.REFRESH_COMMAND}"
+
+
+@pytest.mark.parametrize("text, minutes", [("90", 90), ("5:30", 6), ("20:00:00", 1200), ("1-00:00:00", 1440),
+                                           ("2-12", 3600), ("1-2:30", 1590)])
+def test_walltime_strings_follow_slurm(text, minutes):
+    assert slurm.job_for(cfg(*H100, f"cluster.gpu.time='{text}'"), "gpu").params["time"] == minutes
