@@ -245,6 +245,14 @@ def run_stats(ctx: TaskContext) -> None:
     ctx.log.info("clean summary\n%s", text)
 
 
+def run_locally(cfg: RunConfig, out_dir: Path, work_dir: Path) -> None:
+    """Every step's tasks in order, in this process: for tests and the benchmark (no markers, no publication)."""
+    for step in STAGE.steps:
+        world = step.num_tasks(cfg)
+        for rank in range(world):
+            step.run(TaskContext(cfg, STAGE.name, step.name, rank, world, Path(out_dir), Path(work_dir)))
+
+
 def summary(published_dir: Path) -> str:
     path = Path(published_dir) / "stats.json"
     if not path.is_file():
@@ -268,4 +276,4 @@ STAGE = Stage(
     external_inputs=input_files,
 )
 
-__all__ = ["STAGE", "DocumentCleaner", "InputFile", "summary"]
+__all__ = ["STAGE", "DocumentCleaner", "InputFile", "run_locally", "summary"]
