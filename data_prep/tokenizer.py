@@ -154,8 +154,10 @@ def train_step(ctx: TaskContext) -> None:
     try:
         spm.SentencePieceTrainer.train(**trainer_args(cfg, sample, prefix, threads))
     except RuntimeError as exc:
-        raise DataError(f"SentencePiece training on {sample} failed: {exc}; if the vocabulary is too large for "
-                        "the sample, lower tokenizer.vocab_size or raise tokenizer.sample_bytes") from None
+        raise DataError(f"SentencePiece training on {sample} failed: {exc}; a vocabulary smaller than the "
+                        "sample's characters needs a larger tokenizer.vocab_size or a lower "
+                        "tokenizer.character_coverage, one too large for the sample a lower tokenizer.vocab_size "
+                        "or a larger tokenizer.sample_bytes") from None
     Path(f"{prefix}.vocab").replace(out / "tokenizer.vocab")
     write_reproducible(Path(f"{prefix}.model"), out / "tokenizer.model")
     write_hf_files(out / "tokenizer.model", out)

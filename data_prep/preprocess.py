@@ -1,0 +1,233 @@
+"""Stage `preprocess`: clean/ documents → token datasets in Megatron's mmap format, merged, with blend weights.
+
+Steps:
+- `count` (1 task): documents per clean shard, so the global document order (shards by name, lines in
+  order) can be cut into equal contiguous slices whatever the number of tasks.
+- `tokenize` (`preprocess.num_tasks` tasks): task r encodes documents [r·N/W, (r+1)·N/W), appends
+  `</s>` (the end-of-document id) and writes one part per dataset (language, or language and source)
+  and split into `work_dir/tasks/<rank>.tmp/`, renamed to `work_dir/tasks/<rank>/` only when whole.
+- `merge` (1 task): concatenates the parts of each dataset in rank order into
+  `shards/<split>/<dataset>.bin/.idx`, never re-tokenising; since slices are contiguous and the split is
+  decided per document by a seeded hash of its id, the result is byte-identical for any number of tasks.
+  Then `shards/blend.json`: every dataset's documents, tokens, file hashes and sampling weight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_prep.indexed_dataset import IndexedDatasetWriter as Writer
+from data_prep.indexed_dataset import dtype_for_vocab, merge_datasets
+from data_prep.sampling import alpha_weights, unit_hash
+from data_prep.shards import count_lines, list_shards, read_shard
+from data_prep.tokenizer import job_cpus, load_tokenizer, tokenizer_info
+from pipeline.errors import DataError
+from pipeline.stage import Stage, Step, TaskContext
+
+SPLITS = ("train", "valid")
+BATCH_DOCS = 512  # documents per SentencePiece batch call: amortises the call, bounds memory
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def dataset_name(lang: str, source: str | None) -> str:
+    """A file-safe dataset name: `code:python` → `code_python`, with source `en__web`."""
+    def safe(s: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", s) or "none"
+    return safe(lang) if source is None else f"{safe(lang)}__{safe(source)}"
+
+
+# -------------------------------------------------------------------------------------------- count
+def count_step(ctx: TaskContext) -> None:
+    shards = list_shards(ctx.input_dir("clean"))
+    counts = [{"name": p.name, "lines": count_lines(p)}
+              for p in tqdm(shards, desc="preprocess: counting documents", unit="shard")]
+    write_json(ctx.work_dir / "documents.json", {"shards": counts, "total": sum(c["lines"] for c in counts)})
+
+
+def task_slice(rank: int, world: int, total: int) -> tuple[int, int]:
+    return rank * total // world, (rank + 1) * total // world
+
+
+def read_slice(clean: Path, counts: dict, start: int, stop: int):
+    """Documents of global lines [start, stop), opening only the shards that overlap."""
+    first = 0
+    for shard in counts["shards"]:
+        end = first + shard["lines"]
+        if first < stop and end > start:
+            yield from read_shard(clean / shard["name"], first, max(start - first, 0), min(stop, end) - first)
+        first = end
+
+
+def load_counts(ctx: TaskContext) -> dict:
+    path = ctx.work_dir / "documents.json"
+    if not path.is_file():
+        raise DataError(f"{path} is missing: the preprocess count step did not finish; re-run the stage")
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------------------- tokenize
+class PartWriters:
+    """One writer per (split, dataset) of a task, created on first use."""
+
+    def __init__(self, root: Path, dtype):
+        self.root, self.dtype = root, dtype
+        self.writers: dict[tuple[str, str], Writer] = {}
+        self.meta: dict[str, dict] = {}
+
+    def add(self, split: str, name: str, lang: str, source: str | None, docs: list[list[int]], nbytes: int):
+        key = (split, name)
+        if key not in self.writers:
+            self.writers[key] = Writer(self.root / split / name, self.dtype)
+            self.meta.setdefault(name, {"lang": lang, "source": source})
+        self.writers[key].add_documents(docs)
+        m = self.meta[name].setdefault(split, {"documents": 0, "tokens": 0, "text_bytes": 0})
+        m["documents"] += len(docs)
+        m["tokens"] += sum(len(d) for d in docs)
+        m["text_bytes"] += nbytes
+
+    def finalize(self) -> None:
+        for w in self.writers.values():
+            w.finalize()
+
+
+def encode_batch(sp, batch, writers: PartWriters, cfg, eod: int, threads: int) -> None:
+    p = cfg.preprocess
+    ids = sp.encode([d.text for d in batch], num_threads=threads)
+    groups: dict[tuple, tuple[list, int]] = {}
+    for doc, toks in zip(batch, ids):
+        source = str(doc.record.get(p.source_field) or "none") if p.split_by_source else None
+        split = "valid" if unit_hash(cfg.seed, "valid", doc.id) < p.validation_fraction else "train"
+        key = (split, dataset_name(doc.lang, source), doc.lang, source)
+        docs, nbytes = groups.get(key, ([], 0))
+        toks.append(eod)
+        docs.append(toks)
+        groups[key] = (docs, nbytes + len(doc.text.encode("utf-8", "surrogatepass")))
+    for (split, name, lang, source), (docs, nbytes) in groups.items():
+        writers.add(split, name, lang, source, docs, nbytes)
+
+
+def tokenize_step(ctx: TaskContext) -> None:
+    counts = load_counts(ctx)
+    start, stop = task_slice(ctx.rank, ctx.world_size, counts["total"])
+    tasks = ctx.work_dir / "tasks"
+    final, staging = tasks / f"{ctx.rank:05d}", tasks / f"{ctx.rank:05d}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed attempt left behind
+    tok_dir = ctx.input_dir("tokenizer")
+    sp, info = load_tokenizer(tok_dir), tokenizer_info(tok_dir)
+    writers = PartWriters(staging, dtype_for_vocab(info.vocab_size))
+    threads = job_cpus()
+    batch = []
+    docs = read_slice(ctx.input_dir("clean"), counts, start, stop)
+    for doc in tqdm(docs, desc=f"preprocess: task {ctx.rank}", total=stop - start, unit="doc", mininterval=10):
+        batch.append(doc)
+        if len(batch) == BATCH_DOCS:
+            encode_batch(sp, batch, writers, ctx.cfg, info.eod_id, threads)
+            batch = []
+    if batch:
+        encode_batch(sp, batch, writers, ctx.cfg, info.eod_id, threads)
+    writers.finalize()
+    write_json(staging / "manifest.json", {"rank": ctx.rank, "world_size": ctx.world_size, "start": start,
+                                           "stop": stop, "tokenizer_hash": info.hash, "datasets": writers.meta})
+    # A task's parts appear all at once: the rename is the task's commit point.
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+    ctx.log.info("preprocess task %d: documents [%d, %d) → %d datasets", ctx.rank, start, stop, len(writers.meta))
+
+
+# -------------------------------------------------------------------------------------------- merge
+def load_manifests(ctx: TaskContext) -> list[dict]:
+    world = ctx.cfg.preprocess.num_tasks
+    manifests = []
+    for rank in range(world):
+        path = ctx.work_dir / "tasks" / f"{rank:05d}" / "manifest.json"
+        if not path.is_file():
+            raise DataError(f"{path} is missing: tokenize task {rank} of {world} has not completed; "
+                            "re-run the preprocess stage")
+        manifests.append(json.loads(path.read_text()))
+    return manifests
+
+
+def blend_weights(datasets: dict, alpha: float, multipliers: dict[str, float]) -> dict[str, float]:
+    """α-sampling over languages by training tokens, split within a language by tokens, × multipliers."""
+    tokens = {n: d.get("train", {}).get("tokens", 0) for n, d in datasets.items()}
+    per_lang: dict[str, int] = {}
+    for name, d in datasets.items():
+        per_lang[d["lang"]] = per_lang.get(d["lang"], 0) + tokens[name]
+    p_lang = alpha_weights(per_lang, alpha)
+    raw = {n: p_lang.get(d["lang"], 0.0) * tokens[n] / max(per_lang[d["lang"]], 1) * multipliers.get(n, 1.0)
+           for n, d in datasets.items()}
+    total = sum(raw.values())
+    return {n: (w / total if total else 0.0) for n, w in raw.items()}
+
+
+def merge_step(ctx: TaskContext) -> None:
+    cfg, out = ctx.cfg, ctx.out_dir
+    manifests = load_manifests(ctx)
+    info = tokenizer_info(ctx.input_dir("tokenizer"))
+    stale = [m["rank"] for m in manifests if m["tokenizer_hash"] != info.hash]
+    if stale:
+        raise DataError(f"tokenize task(s) {stale} used another tokenizer than {ctx.input_dir('tokenizer')}; "
+                        "re-run the preprocess stage from scratch")
+    unknown = sorted(set(cfg.preprocess.multipliers) - {n for m in manifests for n in m["datasets"]})
+    if unknown:
+        raise DataError(f"preprocess.multipliers names {unknown}, which are not datasets; valid: "
+                        f"{sorted({n for m in manifests for n in m['datasets']})}")
+    datasets: dict[str, dict] = {}
+    for m in manifests:
+        for name, meta in m["datasets"].items():
+            datasets.setdefault(name, {"lang": meta["lang"], "source": meta["source"]})
+    for name in tqdm(sorted(datasets), desc="preprocess: merging", unit="dataset"):
+        for split in SPLITS:
+            parts = [ctx.work_dir / "tasks" / f"{m['rank']:05d}" / split / name
+                     for m in manifests if split in m["datasets"].get(name, {})]
+            if parts:
+                merged = merge_datasets(parts, out / split / name)
+                text_bytes = sum(m["datasets"][name][split]["text_bytes"] for m in manifests
+                                 if split in m["datasets"].get(name, {}))
+                datasets[name][split] = {"path": f"{split}/{name}", "text_bytes": text_bytes, **merged}
+    weights = blend_weights(datasets, cfg.preprocess.alpha, cfg.preprocess.multipliers)
+    for name, d in datasets.items():
+        d["weight"] = round(weights[name], 12)
+        d["multiplier"] = cfg.preprocess.multipliers.get(name, 1.0)
+    write_json(out / "blend.json", {
+        "format": "megatron-mmap-indexed-dataset-v1", "tokenizer_hash": info.hash, "vocab_size": info.vocab_size,
+        "eod_id": info.eod_id, "dtype": str(dtype_for_vocab(info.vocab_size)), "alpha": cfg.preprocess.alpha,
+        "seed": cfg.seed, "split": {"validation_fraction": cfg.preprocess.validation_fraction,
+                                    "rule": "valid when unit_hash(seed, 'valid', id) < validation_fraction"},
+        "totals": {s: {k: sum(d.get(s, {}).get(k, 0) for d in datasets.values()) for k in ("documents", "tokens")}
+                   for s in SPLITS},
+        "datasets": datasets})
+
+
+def summary(out: Path) -> str:
+    try:
+        blend = json.loads((Path(out) / "blend.json").read_text())
+    except (OSError, ValueError):
+        return "no blend.json"
+    t = blend["totals"]
+    top = sorted(blend["datasets"].items(), key=lambda kv: -kv[1]["weight"])[:5]
+    weights = ", ".join(f"{n} {d['weight']:.2f}" for n, d in top)
+    return (f"{len(blend['datasets'])} datasets, train {t['train']['tokens'] / 1e6:.2f}M tokens, "
+            f"valid {t['valid']['tokens'] / 1e6:.2f}M; weights {weights}")
+
+
+STAGE = Stage(
+    name="preprocess",
+    needs=("clean", "tokenizer"),
+    sections=("preprocess",),
+    steps=(Step("count", count_step), Step("tokenize", tokenize_step, num_tasks=lambda cfg: cfg.preprocess.num_tasks),
+           Step("merge", merge_step)),
+    description="tokenise clean/ into Megatron mmap datasets per language, merge, and write blend weights",
+    summary=summary,
+)
