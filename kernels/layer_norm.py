@@ -30,14 +30,14 @@ if _HAS_TRITON:
 
     @triton.jit
     def _ln_bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, N, C, BLOCK_C: tl.constexpr):
-        pid = tl.program_id(0)
+        pid = tl.program_id(0).to(tl.int64)  # so the loop's row * C below is 64-bit
         cols = tl.arange(0, BLOCK_C)
         ok = cols < C
         w = tl.load(W + cols, mask=ok, other=0.0).to(tl.float32)
         dw = tl.zeros([BLOCK_C], tl.float32)
         db = tl.zeros([BLOCK_C], tl.float32)
         for row in range(pid, N, tl.num_programs(0)):
-            off = row.to(tl.int64) * C + cols
+            off = row * C + cols
             x = tl.load(X + off, mask=ok, other=0.0).to(tl.float32)
             dy = tl.load(DY + off, mask=ok, other=0.0).to(tl.float32)
             xhat = tl.where(ok, (x - tl.load(MEAN + row)) * tl.load(RSTD + row), 0.0)
