@@ -38,7 +38,8 @@ LATEST = "latest"
 STATE = "graine_state.json"
 CONFIG = "config.yaml"
 TMP_PREFIX = ".tmp-"
-# Test hook: "RANK:PHASE" makes that rank fail the save at that phase (rng, deepspeed, publish).
+# Test hook: "RANK:PHASE[:STEP]" makes that rank fail the save (of that step) at that phase
+# (prepare, rng, deepspeed, metadata, hash, publish) with a disk-full error.
 FAIL_HOOK = "GRAINE_TEST_SAVE_FAIL"
 
 
@@ -72,9 +73,10 @@ def broadcast(obj):
     return box[0]
 
 
-def _maybe_fail(phase: str) -> None:
+def _maybe_fail(phase: str, tag: str) -> None:
     hook = os.environ.get(FAIL_HOOK, "")
-    if hook and hook == f"{_world()[0]}:{phase}":
+    here = f"{_world()[0]}:{phase}"
+    if hook and hook in (here, f"{here}:{tag.removeprefix('global_step')}"):
         raise OSError(28, f"No space left on device (test hook {FAIL_HOOK}={hook})")
 
 
@@ -132,7 +134,7 @@ class Checkpointer:
         """Run one phase on this rank, then agree: a failure on any rank fails it on all of them."""
         error = None
         try:
-            _maybe_fail(name)
+            _maybe_fail(name, tag)
             fn()
         except Exception as exc:  # noqa: BLE001 (reported on every rank below)
             error = f"{type(exc).__name__}: {exc}"

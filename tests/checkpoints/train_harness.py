@@ -171,6 +171,23 @@ def start(run_dir: Path, overrides: list[str] = (), nproc: int = 2, hooks: dict 
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def worker_pids(proc: subprocess.Popen) -> list[int]:
+    """The rank processes under the launcher (torch.distributed.run starts them in their own sessions)."""
+    import psutil
+
+    return [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+
+
+def kill_9(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every rank at once, as a node failure would."""
+    for pid in [proc.pid, *worker_pids(proc)]:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
 def records(run_dir: Path, kind: str = "train") -> list[dict]:
     path = run_dir / "logs" / "metrics.jsonl"
     out = []
