@@ -24,7 +24,7 @@ def supported_languages() -> list[str]:
 
 
 class LanguageIdentifier:
-    def __init__(self, max_chars: int = 1000):
+    def __init__(self, max_chars: int = 500):
         self.max_chars = max_chars
         self.model = _model()
 

@@ -59,7 +59,7 @@ class CleanConfig:
     languages: list[str] = param(default_factory=list, help="ISO 639-1 codes to keep; empty keeps every language")
     keep_other: bool = param(False, help="keep documents of unlisted languages under lang 'other' instead of excluding them")
     min_lang_score: float = param(0.5, ge=0.0, le=1.0, help="default minimum language-id probability")
-    langid_chars: int = param(1000, ge=50, help="characters of each document given to language id (its cost is linear)")
+    langid_chars: int = param(500, ge=50, help="characters of each document given to language id (its cost is linear)")
     boilerplate: bool = param(True, help="remove boilerplate lines (cookie banners, copyright footers, navigation)")
     code_extensions: list[str] = param(default_factory=lambda: [".py", ".js", ".java", ".c", ".cpp", ".go", ".rs", ".sh"], help="file extensions routed to the code path")
     code_field: str = param("", help="record field whose value, when present, names the programming language")
