@@ -103,7 +103,15 @@ def main(argv: list[str] | None = None) -> int:
 def _config(args):
     if args.config is None:
         raise ConfigError("no run configuration: pass -c CONFIG (e.g. -c configs/demo.yaml)")
-    return load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
+    # A relative run directory goes where the site keeps run data ($SCRATCH/graine on Jean Zay), the
+    # same place for the driver, `graine status` and every job.
+    from pipeline.slurm import load_profile
+
+    root = str(load_profile(cfg.cluster.profile).get("run_root") or "")
+    if root and not cfg.run_dir.startswith(("/", "$", "~")):
+        cfg.run_dir = os.path.expandvars(f"{root.rstrip('/')}/{cfg.run_dir}")
+    return cfg
 
 
 def cmd_run(args) -> int:
@@ -141,12 +149,14 @@ def dry_run(cfg, targets, executor: str, force: bool) -> str:
             ranks = plan.tasks[step.name]
             what = (f"{cfg.train.num_nodes} node(s) x {cfg.train.devices_per_node} process(es)"
                     if step.kind == "gpu" else f"{len(ranks)} task(s) {_ranges(ranks)}")
-            line = f"  step {step.name} ({step.kind}): {what}"
             if executor == "slurm":
                 from pipeline.slurm import job_for
 
                 job = job_for(cfg, step.kind, len(ranks) or 1)
-                line += "\n    sbatch " + " ".join(f"{k}={v}" for k, v in job.params.items() if k != "setup")
+                if step.kind == "gpu":
+                    what = f"{job.params['nodes']} node(s) x {job.params['ntasks_per_node']} task(s), one per device"
+                what += "\n    sbatch " + " ".join(f"{k}={v}" for k, v in job.params.items() if k != "setup")
+            line = f"  step {step.name} ({step.kind}): {what}"
             lines.append(line)
         if plan.action == "run" and stage.publish:
             lines.append(f"  then publish {cfg.run_dir}/{stage.name}/")

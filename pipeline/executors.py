@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,8 +168,8 @@ class SlurmExecutor(Executor):
 
         job = job_for(self.cfg, kind, num_tasks)
         ex = submitit.SlurmExecutor(folder=str(self.folder / "%j"), max_num_timeout=self.cfg.checkpoint.max_num_timeout)
-        params = dict(job.params)
-        setup = list(params.pop("setup", [])) + [f"export {k}={shlex.quote(str(v))}" for k, v in job.env.items()]
+        params = dict(job.params)  # its setup lines already export the profile's environment
+        setup = list(params.pop("setup", []))
         extra = dict(params.pop("additional_parameters", {}) or {})
         deps = sorted({h.job.job_id.split("_")[0] for h in after if h.job is not None})
         if deps:

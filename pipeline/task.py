@@ -193,13 +193,13 @@ def publish(cfg: RunConfig, stage: Stage) -> str:
     if not stage.publish:
         folder = paths.published
         write_atomic(folder / lineage.RESOLVED_CONFIG, cfg.to_yaml())
-        lineage.write_record(folder, stage, fp, started, {"num_tasks": _num_tasks(paths)})
+        lineage.write_record(folder, stage, fp, started, {"num_tasks": _num_tasks(paths), "jobs": _jobs(paths)})
         shutil.rmtree(paths.work, ignore_errors=True)
         return str(folder)
     staging = paths.staging
     staging.mkdir(parents=True, exist_ok=True)
     write_atomic(staging / lineage.RESOLVED_CONFIG, cfg.to_yaml())
-    lineage.write_record(staging, stage, fp, started, {"num_tasks": _num_tasks(paths)})
+    lineage.write_record(staging, stage, fp, started, {"num_tasks": _num_tasks(paths), "jobs": _jobs(paths)})
     # Rename is atomic on one filesystem: readers see the old output or the new one, never a mix.
     target = paths.published
     old = paths.work.with_name(f"{stage.name}.old-{os.getpid()}")
@@ -217,6 +217,13 @@ def _started(paths: StagePaths) -> float:
         return json.loads((paths.work / "fingerprint.json").read_text())["started"]
     except (OSError, json.JSONDecodeError, KeyError):
         return time.time()
+
+
+def _jobs(paths: StagePaths) -> dict:
+    try:
+        return json.loads(paths.jobs_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _num_tasks(paths: StagePaths) -> dict[str, int]:

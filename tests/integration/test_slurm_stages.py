@@ -1,0 +1,131 @@
+"""Stages through the real single-node Slurm: arrays, afterok chains, preemption and requeue."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipeline"))
+import toy_stages  # noqa: E402
+
+from pipeline import runner, stages  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.stage import Stage, Step  # noqa: E402
+from pipeline.status import stage_status  # noqa: E402
+
+pytestmark = pytest.mark.slurm
+
+
+def count_up(ctx):
+    """A resumable 'training' step: saves its progress every tick, stops cleanly on a signal."""
+    state = ctx.out_dir / "progress.txt"
+    done = int(state.read_text()) if state.exists() else 0
+    with open(ctx.out_dir / "starts.txt", "a") as f:
+        f.write(f"{os.environ.get('SLURM_RESTART_COUNT', '0')} {done}\n")
+    stop = []
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(1))
+    while done < int(os.environ.get("TOY_STEPS", "30")):
+        time.sleep(0.5)
+        done += 1
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(str(done))
+        os.replace(tmp, state)
+        if stop:
+            return "preempted"
+    return "done"
+
+
+COUNT = Stage(name="toy-count", needs=(), sections=("train",), steps=(Step("count", count_up, kind="gpu"),),
+              publish=False)
+
+
+@pytest.fixture
+def toys(slurm_cluster, monkeypatch):
+    toy_stages.register()
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # jobs cannot import tests/
+    stages.register(COUNT)
+    for key in ("TOY_EXEC_LOG", "TOY_DELAY", "TOY_FAIL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    yield
+    for name in ("toy-parts", "toy-sum", "toy-count"):
+        stages.unregister(name)
+
+
+def slurm_cfg(run_dir, *overrides):
+    return load_config(None, [f"run_dir={run_dir}", "cluster.profile=local-cluster", "clean.num_tasks=3",
+                              "train.devices_per_node=1", *overrides])
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def jobs_of(run_dir, stage):
+    return json.loads((Path(run_dir) / ".work" / stage / "jobs.json").read_text())["jobs"]
+
+
+def test_stage_runs_as_a_slurm_array(toys, tmp_path):
+    cfg = slurm_cfg(tmp_path / "run")
+    runner.run(cfg, ["toy-parts"], executor="slurm", wait=True)
+    assert len((tmp_path / "run" / "toy-parts" / "all.txt").read_text().splitlines()) == 300
+    record = json.loads((tmp_path / "run" / "toy-parts" / "_COMPLETE.json").read_text())
+    write = record["jobs"]["jobs"]["write"]
+    assert record["jobs"]["executor"] == "slurm"
+    assert len({j.split("_")[0] for j in write.values()}) == 1 and len(write) == 3  # one array of three
+    ref = tmp_path / "ref"
+    runner.run(slurm_cfg(ref), ["toy-parts"], executor="inline")
+    assert (ref / "toy-parts" / "all.txt").read_bytes() == (tmp_path / "run" / "toy-parts" / "all.txt").read_bytes()
+
+
+def test_chain_is_queued_at_once_with_afterok(toys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOY_DELAY", "2")
+    run = tmp_path / "run"
+    cfg = slurm_cfg(run)
+    runner.run(cfg, ["toy-parts", "toy-sum"], executor="slurm")  # returns once queued
+    write = jobs_of(run, "toy-parts")["write"]
+    assert {j.rsplit("_", 1)[1] for j in write.values()} == {"0", "1", "2"}  # one array, three elements
+    publish_parts = jobs_of(run, "toy-parts")["publish"]["0"]
+    (sum_job,) = jobs_of(run, "toy-sum")["sum"].values()
+    info = subprocess.run(["scontrol", "show", "job", sum_job], capture_output=True, text=True).stdout
+    assert f"afterok:{publish_parts}" in info
+    assert (run / ".graine.lock").exists()  # held by the chain while it runs
+    wait_for(lambda: stage_status(cfg, "toy-sum").state == "complete", 180, "the chain to finish")
+    assert (run / "toy-sum" / "count.txt").read_text().split()[0] == "300"
+    wait_for(lambda: not (run / ".graine.lock").exists(), 30, "the chain's last job to release the lock")
+
+
+def test_preempted_job_requeues_through_submitit_and_resumes(toys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOY_STEPS", "30")
+    run = tmp_path / "run"
+    cfg = slurm_cfg(run)
+    runner.run(cfg, ["toy-count"], executor="slurm")
+    (job,) = jobs_of(run, "toy-count")["count"].values()
+    progress = run / "toy-count" / "progress.txt"
+    wait_for(lambda: progress.exists() and int(progress.read_text()) >= 3, 120, "the job to make progress")
+    # What Slurm sends before a time limit (--signal USR2@delay) and on preemption.
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+
+    def requeued():
+        out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        if "Restarts=1" in out and "JobState=PENDING" in out:
+            # Slurm holds a requeued job back for a while; let it start now.
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        return "Restarts=1" in out
+    wait_for(requeued, 120, "submitit to requeue the job")
+    wait_for(lambda: stage_status(cfg, "toy-count").state == "complete", 300, "the requeued job to finish")
+    starts = [line.split() for line in (run / "toy-count" / "starts.txt").read_text().splitlines()]
+    assert starts[0] == ["0", "0"]
+    assert starts[1][0] == "1" and int(starts[1][1]) >= 3  # the second start resumed, not restarted
+    assert int(progress.read_text()) == 30
