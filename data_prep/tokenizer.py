@@ -35,10 +35,11 @@ NEWLINE = "\n"  # sample sentences are lines, so the newline is added as its own
 GB = 1 << 30
 
 # Peak RSS of SentencePiece training ≈ BASE + PER_BYTE × sample bytes (+ a term in the vocabulary).
-# Measured with tests/benchmarks/bench_tokenizer.py (BPE: ~9-12 bytes per sample byte, unigram more);
-# rounded up so the prediction errs on the side of refusing.
+# tests/benchmarks/bench_tokenizer.py measured BPE at 29-55 MB per sample MB (1-16 MB samples of
+# generated text, whose random words make SentencePiece's word table large; real text needs less);
+# the constants round that up so the prediction errs on the side of refusing.
 MEMORY_BASE = 300 << 20
-MEMORY_PER_BYTE = {"bpe": 16, "unigram": 24}
+MEMORY_PER_BYTE = {"bpe": 40, "unigram": 60}
 MEMORY_PER_PIECE = 4096
 
 
