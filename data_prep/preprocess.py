@@ -230,4 +230,5 @@ STAGE = Stage(
            Step("merge", merge_step)),
     description="tokenise clean/ into Megatron mmap datasets per language, merge, and write blend weights",
     summary=summary,
+    output="shards",
 )

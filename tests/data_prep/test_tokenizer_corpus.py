@@ -119,8 +119,8 @@ def run_stage(stage: Stage, cfg: RunConfig, steps: tuple[str, ...] | None = None
             step.run(TaskContext(cfg=cfg, stage=stage.name, step=step.name, rank=rank, world_size=n,
                                  out_dir=staging, work_dir=work, log=logging.getLogger("test")))
     if steps is None:
-        staging.rename(run_dir / stage.name)
-        return run_dir / stage.name
+        staging.rename(run_dir / stage.folder)
+        return run_dir / stage.folder
     return staging
 
 
