@@ -225,7 +225,7 @@ def summary(out: Path) -> str:
 STAGE = Stage(
     name="preprocess",
     needs=("clean", "tokenizer"),
-    sections=("preprocess",),
+    sections=("seed", "preprocess"),
     steps=(Step("count", count_step), Step("tokenize", tokenize_step, num_tasks=lambda cfg: cfg.preprocess.num_tasks),
            Step("merge", merge_step)),
     description="tokenise clean/ into Megatron mmap datasets per language, merge, and write blend weights",

@@ -249,7 +249,7 @@ def tokenizer_info(tokenizer_dir: Path) -> TokenizerInfo:
 STAGE = Stage(
     name="tokenizer",
     needs=("clean",),
-    sections=("tokenizer",),
+    sections=("seed", "tokenizer"),
     steps=(Step("sample", sample_step), Step("train", train_step), Step("report", report_step)),
     description="α-sampled SentencePiece tokenizer with byte fallback and an identical Hugging Face export",
     summary=summary,

@@ -159,7 +159,7 @@ def dry_run(cfg, targets, executor: str, force: bool) -> str:
             line = f"  step {step.name} ({step.kind}): {what}"
             lines.append(line)
         if plan.action == "run" and stage.publish:
-            lines.append(f"  then publish {cfg.run_dir}/{stage.name}/")
+            lines.append(f"  then publish {cfg.run_dir}/{stage.folder}/")
     return "\n".join(lines)
 
 

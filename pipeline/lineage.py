@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.stage import Stage
+from pipeline.stages import folder_of
 
 RECORD = "_COMPLETE.json"
 RESOLVED_CONFIG = "config.yaml"
@@ -110,7 +111,7 @@ def fingerprint(cfg: RunConfig, stage: Stage) -> Fingerprint:
     run_dir = Path(cfg.run_dir)
     inputs, missing = {}, []
     for name in stage.needs:
-        rec = read_record(run_dir / name)
+        rec = read_record(run_dir / folder_of(name))
         if rec is None:
             missing.append(name)
         else:

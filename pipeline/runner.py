@@ -191,7 +191,7 @@ def _print_summary(cfg: RunConfig, stage: Stage) -> None:
     if stage.summary is None:
         return
     try:
-        text = stage.summary(Path(cfg.run_dir) / stage.name)
+        text = stage.summary(Path(cfg.run_dir) / stage.folder)
     except Exception as exc:  # a summary is a courtesy: never fail a finished stage for it
         log.warning("could not summarise %s: %s", stage.name, exc)
         return

@@ -44,6 +44,12 @@ class Stage:
     summary: Callable[[Path], str] | None = None
     # Raw inputs outside the run directory (paths), hashed into the completion record (clean only).
     external_inputs: Callable[[RunConfig], list[Path]] | None = None
+    # The folder under the run directory it publishes; default the stage's name (preprocess: shards).
+    output: str = ""
+
+    @property
+    def folder(self) -> str:
+        return self.output or self.name
 
 
 @dataclass
@@ -65,4 +71,6 @@ class TaskContext:
 
     def input_dir(self, stage: str) -> Path:
         """The published output of an upstream stage."""
-        return self.run_dir / stage
+        from pipeline.stages import folder_of
+
+        return self.run_dir / folder_of(stage)

@@ -48,6 +48,11 @@ def get(name: str) -> Stage:
                          f"`make {target}` will work once it lands") from None
 
 
+def folder_of(name: str) -> str:
+    """The folder a stage publishes under the run directory."""
+    return get(name).folder
+
+
 def downstream(name: str) -> list[str]:
     """Stages that read `name`, directly or not, in pipeline order."""
     out: list[str] = []

@@ -23,6 +23,7 @@ from pipeline import lineage
 from pipeline.config import RunConfig, build
 from pipeline.lock import release_chain
 from pipeline.stage import Stage, TaskContext
+from pipeline.stages import folder_of
 
 log = logging.getLogger("graine")
 
@@ -46,7 +47,7 @@ class StagePaths:
 
     @property
     def published(self) -> Path:
-        return self.run_dir / self.stage
+        return self.run_dir / folder_of(self.stage)
 
     @property
     def work(self) -> Path:
