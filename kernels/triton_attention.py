@@ -38,15 +38,16 @@ def _interpreting() -> bool:
 
 if _HAS_TRITON:
 
-    def _configs(pairs, warps, stages):
+    def _configs(choices):
         if _interpreting():  # the CPU interpreter runs every config; one small one keeps tests fast
             return [triton.Config({"BLOCK_A": 32, "BLOCK_B": 16}, num_warps=4, num_stages=1)]
-        return [triton.Config({"BLOCK_A": a, "BLOCK_B": b}, num_warps=w, num_stages=s)
-                for a, b in pairs for w in warps for s in stages]
+        return [triton.Config({"BLOCK_A": a, "BLOCK_B": b}, num_warps=w, num_stages=s) for a, b, w, s in choices]
 
-    # BLOCK_A is the block a program owns (queries in forward/dQ, keys in dK/dV); BLOCK_B the block it loops over.
-    _FWD_CONFIGS = _configs([(128, 64), (128, 32), (64, 64)], [4, 8], [3])
-    _BWD_CONFIGS = _configs([(128, 32), (64, 32), (128, 64)], [4, 8], [2])
+    # Tuned once per head size (the first call's sequence length decides; a training run has one).
+    # (BLOCK_A, BLOCK_B, warps, stages). BLOCK_A is the block a program owns (queries in forward and dQ, keys in
+    # dK/dV), BLOCK_B the block it loops over. Few choices: autotuning compiles each once per shape.
+    _FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3)])
+    _BWD_CONFIGS = _configs([(128, 32, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2)])
 
     @triton.jit
     def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, offs_m, offs_d, slope, qk_scale, T, s_t, lo, hi,
@@ -71,12 +72,14 @@ if _HAS_TRITON:
             m_i = m_new
         return acc, l_i, m_i
 
-    @triton.autotune(configs=_FWD_CONFIGS, key=["T", "HEAD_DIM", "DOT_PRECISION"])
+    @triton.autotune(configs=_FWD_CONFIGS, key=["HEAD_DIM", "DOT_PRECISION"])
     @triton.jit
     def _fwd_kernel(QKV, OUT, LSE, SLOPES, qk_scale, T, s_b, s_t, s_h, so_b, so_t, so_h,
                     H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                     DOT_PRECISION: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
-        pid_m = tl.program_id(0)
+        # Last query blocks first: they have the most key blocks to visit (causal), and starting the long
+        # programs early keeps the SMs busy at the end of the launch.
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
         h = bh % H
@@ -127,7 +130,7 @@ if _HAS_TRITON:
             dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
         return dk, dv
 
-    @triton.autotune(configs=_BWD_CONFIGS, key=["T", "HEAD_DIM", "DOT_PRECISION"])
+    @triton.autotune(configs=_BWD_CONFIGS, key=["HEAD_DIM", "DOT_PRECISION"])
     @triton.jit
     def _bwd_dkdv_kernel(QKV, DO, LSE, DELTA, DQKV, SLOPES, qk_scale, sm_scale, T, s_b, s_t, s_h,
                          so_b, so_t, so_h, H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -180,12 +183,12 @@ if _HAS_TRITON:
             dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
         return dq
 
-    @triton.autotune(configs=_BWD_CONFIGS, key=["T", "HEAD_DIM", "DOT_PRECISION"])
+    @triton.autotune(configs=_BWD_CONFIGS, key=["HEAD_DIM", "DOT_PRECISION"])
     @triton.jit
     def _bwd_dq_kernel(QKV, DO, LSE, DELTA, DQKV, SLOPES, qk_scale, sm_scale, T, s_b, s_t, s_h,
                        so_b, so_t, so_h, H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                        DOT_PRECISION: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
-        pid_m = tl.program_id(0)
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest programs first, as in forward
         bh = tl.program_id(1)
         b = bh // H
         h = bh % H
