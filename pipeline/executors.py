@@ -45,7 +45,9 @@ def failure(handle: Handle, exc: BaseException) -> StageError:
     if job is None:
         return StageError(f"{handle.label} failed: {exc}")
     err = job.paths.stderr
-    return StageError(f"{handle.label} failed (job {job.job_id}); log: {err}\n  last lines:\n{tail(err)}")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return StageError(f"{handle.label} failed (job {job.job_id}): {type(exc).__name__}: {first}\n"
+                      f"  log: {err}\n  last lines:\n{tail(err)}")
 
 
 class Executor:
@@ -142,7 +144,8 @@ class LocalExecutor(Executor):
         failed = []
         for h in handles:
             try:
-                h.result = h.job.result()
+                # A distributed job has one result per process; rank 0's speaks for the job.
+                h.result = h.job.results()[0]
             except Exception as exc:  # submitit raises FailedJobError with the remote traceback
                 failed.append(failure(h, exc))
         if failed:
@@ -197,7 +200,7 @@ class SlurmExecutor(Executor):
         out = []
         for h in handles:
             try:
-                h.result = h.job.result()
+                h.result = h.job.results()[0]
             except Exception as exc:
                 raise failure(h, exc) from None
             out.append(h.result)
