@@ -1,0 +1,220 @@
+"""Stage `export`: a checkpoint as a Hugging Face `BloomForCausalLM` release, loadable offline.
+
+    export/global_step<N>/
+        config.json                          BloomConfig (hf_mapping.hf_config), dtype = export.dtype
+        model.safetensors                    or model-0000i-of-0000K.safetensors + model.safetensors.index.json
+                                             when the weights exceed export.max_shard_gb
+        tokenizer.json, tokenizer_config.json, special_tokens_map.json, tokenizer.model   from tokenizer/
+        graine_export.json                   the source checkpoint (step, tokens, manifest sha256), dtype, files
+    export/last_export.json                  which step the last run exported (the summary reads it)
+
+The weights are DeepSpeed's fp32 master weights consolidated from the ZeRO partitions of however many
+ranks saved them (`zero_to_fp32`), so the export does not depend on the parallel layout; the model
+shape comes from the config saved in the checkpoint, not from the current one. Earlier exports of other
+steps are carried over (hard links) into the new publication of `export/`.
+
+The stage's identity includes the manifest of the checkpoint it exports (`external_inputs`): a new
+`latest`, or a re-saved step, makes a complete export stale.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+
+from checkpoints.hf_mapping import hf_config, to_hf_state_dict
+from checkpoints.select import checkpoint_dir, latest_folder, parse_step, select_checkpoint
+from checkpoints.universal import manifest_sha256, optimizer_files
+from pipeline.config import ExportConfig, ModelConfig, RunConfig, build
+from pipeline.errors import CheckpointError
+from pipeline.stage import Stage, Step, TaskContext
+
+log = logging.getLogger("graine.export")
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+HF_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+REQUIRED_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+LAST = "last_export.json"
+RECORD = "graine_export.json"
+
+
+# ------------------------------------------------------------------------------- sharded safetensors
+def write_sharded(names: list[str], nbytes: Callable[[str], int], load: Callable[[str], torch.Tensor],
+                  folder: Path, stem: str, max_bytes: int, metadata: dict | None = None) -> list[str]:
+    """Write tensors as `<stem>.safetensors`, or as numbered shards of at most `max_bytes` each plus a
+    `<stem>.safetensors.index.json` (Hugging Face's layout). Tensors are loaded one shard at a time.
+    Returns the files written."""
+    from safetensors.torch import save_file
+
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name in names:
+        if shards[-1] and size + nbytes(name) > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes(name)
+    files = ([f"{stem}.safetensors"] if len(shards) == 1 else
+             [f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    weight_map = {}
+    for file, shard in zip(files, shards):
+        tensors = {name: load(name).contiguous() for name in shard}
+        save_file(tensors, str(folder / file), metadata={"format": "pt", **(metadata or {})})
+        os.chmod(folder / file, 0o644)  # safetensors creates 0600 files; a release is meant to be read
+        weight_map.update(dict.fromkeys(shard, file))
+        del tensors
+    if len(files) > 1:
+        index = {"metadata": {"total_size": sum(nbytes(n) for n in names)}, "weight_map": weight_map}
+        (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+        files.append(f"{stem}.safetensors.index.json")
+    return files
+
+
+# ---------------------------------------------------------------------------------------- weights
+def saved_model_config(folder: Path) -> ModelConfig:
+    """The model section of the config the checkpoint was saved with."""
+    try:
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+        return build(ModelConfig, saved["model"], "model.")
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{folder / 'config.yaml'} cannot give the model's shape ({exc}); was this "
+                              "checkpoint written by graine?") from None
+
+
+def consolidated_fp32(folder: Path) -> dict[str, torch.Tensor]:
+    """fp32 weights of the checkpoint `folder`, whatever its ZeRO stage and number of ranks."""
+    if optimizer_files(folder):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+        return {k: v.float() for k, v in state.items()}
+    # ZeRO-0 keeps no optimizer partitions: the module's own weights are the trained ones (the fp32
+    # masters themselves in fp32 training; in bf16 they are the bf16 copy, which is all there is).
+    files = sorted(folder.glob("mp_rank_*_model_states.pt"))
+    if not files:
+        raise CheckpointError(f"{folder} has neither ZeRO partitions nor mp_rank_*_model_states.pt; it is not "
+                              "a DeepSpeed checkpoint")
+    module = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    if any(v.dtype != torch.float32 for v in module.values()):
+        log.warning("%s was saved without ZeRO in reduced precision: exporting its bf16/fp16 weights", folder)
+    return {k: v.float() for k, v in module.items()}
+
+
+def check_tokenizer(folder: Path, tokenizer_dir: Path, rows: int) -> dict:
+    """The tokenizer's ids, after checking it is the one the checkpoint was trained with."""
+    from data_prep.tokenizer import tokenizer_info
+
+    missing = [f for f in REQUIRED_TOKENIZER_FILES if not (tokenizer_dir / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{tokenizer_dir} lacks {', '.join(missing)}; re-run the tokenizer stage "
+                              "(`graine run tokenizer --force`)")
+    info = tokenizer_info(tokenizer_dir)
+    state = json.loads((folder / "graine_state.json").read_text())
+    trained_with = (state.get("lineage") or {}).get("tokenizer_model")
+    if trained_with and trained_with != info.hash:
+        raise CheckpointError(f"{folder} was trained with tokenizer {trained_with}, but {tokenizer_dir} holds "
+                              f"{info.hash}; export from the run directory whose tokenizer trained it")
+    if info.vocab_size > rows:
+        raise CheckpointError(f"the tokenizer has {info.vocab_size} tokens but the checkpoint's embedding only "
+                              f"{rows} rows: {tokenizer_dir} is not this model's tokenizer")
+    return {"vocab_size": info.vocab_size, "bos_token_id": info.bos_id, "eos_token_id": info.eod_id,
+            "pad_token_id": info.pad_id if info.pad_id >= 0 else None}
+
+
+def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: ExportConfig) -> dict:
+    """Write the Hugging Face release of the checkpoint `folder` into `out` (replaced); returns its record."""
+    model_cfg = saved_model_config(folder)
+    weights = consolidated_fp32(folder)
+    rows = weights["word_embeddings.weight"].shape[0]
+    ids = check_tokenizer(folder, tokenizer_dir, rows)
+    config = hf_config(model_cfg, ids["vocab_size"], bos_token_id=ids["bos_token_id"],
+                       eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"])
+    if config.vocab_size != rows:
+        raise CheckpointError(f"the checkpoint's embedding has {rows} rows but its model config pads the "
+                              f"vocabulary to {config.vocab_size}; the saved config.yaml does not match the weights")
+    config.dtype = HF_DTYPE_NAMES[export.dtype]
+    dtype = DTYPES[export.dtype]
+    hf = to_hf_state_dict(weights, model_cfg)
+    del hf["lm_head.weight"]  # tied to the embeddings (tie_word_embeddings): transformers restores it
+    hf = {k: v.to(dtype) for k, v in hf.items()}
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    config.save_pretrained(str(out))
+    files = write_sharded(list(hf), lambda n: hf[n].numel() * hf[n].element_size(), hf.__getitem__, out, "model",
+                          int(export.max_shard_gb * 1e9))
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copy2(tokenizer_dir / name, out / name)
+    state = json.loads((folder / "graine_state.json").read_text())
+    record = {"step": state["step"], "consumed_tokens": state.get("consumed_tokens"), "loss": state.get("loss"),
+              "source": str(folder), "source_manifest_sha256": manifest_sha256(folder),
+              "saved_world_size": state.get("world_size"), "dtype": export.dtype, "weights": files,
+              "parameters": sum(v.numel() for v in hf.values()),
+              "bytes": sum(v.numel() * v.element_size() for v in hf.values())}
+    (out / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
+    return record
+
+
+# ------------------------------------------------------------------------------------------ stage
+def _carry_over(published: Path, staging: Path, keep: str) -> None:
+    """Earlier exports of other steps stay in the new `export/` (hard links: no copy, no extra space)."""
+    if not published.is_dir():
+        return
+    for old in sorted(published.glob("global_step*")):
+        if old.name == keep or (staging / old.name).exists() or not old.is_dir():
+            continue
+        try:
+            shutil.copytree(old, staging / old.name, copy_function=os.link)
+        except OSError:
+            shutil.rmtree(staging / old.name, ignore_errors=True)
+            shutil.copytree(old, staging / old.name)
+
+
+def export_step(ctx: TaskContext) -> None:
+    cfg = ctx.cfg
+    folder = select_checkpoint(checkpoint_dir(cfg.run_dir), parse_step(cfg.export.step, "export.step"),
+                               key="export.step")
+    ctx.log.info("exporting %s as %s safetensors", folder, cfg.export.dtype)
+    record = export_checkpoint(folder, ctx.input_dir("tokenizer"), ctx.out_dir / folder.name, cfg.export)
+    _carry_over(ctx.run_dir / STAGE.folder, ctx.out_dir, folder.name)
+    last = {**record, "path": str(ctx.run_dir / STAGE.folder / folder.name)}
+    (ctx.out_dir / LAST).write_text(json.dumps(last, indent=1, sort_keys=True))
+
+
+def checkpoint_manifest(cfg: RunConfig) -> list[Path]:
+    """The manifest of the checkpoint `export.step` names (none yet: nothing), as the stage's raw input."""
+    ckpt_dir = checkpoint_dir(cfg.run_dir)
+    step = parse_step(cfg.export.step, "export.step")
+    folder = latest_folder(ckpt_dir) if step is None else ckpt_dir / f"global_step{step}"
+    path = folder / "manifest.json" if folder is not None else None
+    return [path] if path is not None and path.is_file() else []
+
+
+def summary(out_dir: Path) -> str:
+    last = json.loads((out_dir / LAST).read_text())
+    tokens = f"{last['consumed_tokens']:,} tokens, " if last.get("consumed_tokens") is not None else ""
+    loss = f"loss {last['loss']:.4f}, " if last.get("loss") is not None else ""
+    return (f"step {last['step']} ({tokens}{loss}{last['parameters']:,} parameters) exported as {last['dtype']} "
+            f"BloomForCausalLM to {last['path']} ({last['bytes'] / 1e6:.1f} MB in {len(last['weights'])} file(s)); "
+            "load it with transformers.AutoModelForCausalLM.from_pretrained")
+
+
+STAGE = Stage(
+    name="export",
+    needs=("pretrain", "tokenizer"),
+    sections=("export",),
+    steps=(Step("export", run=export_step),),
+    description="a checkpoint as Hugging Face BloomForCausalLM safetensors with its tokenizer",
+    summary=summary,
+    external_inputs=checkpoint_manifest,
+)
