@@ -183,8 +183,11 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class ExportConfig:
-    step: str = param("latest", help="checkpoint step to export, or 'latest'")
-    dtype: Literal["fp32", "bf16", "fp16"] = param("fp32")
+    step: str = param("latest", help="checkpoint step to export (a number), or 'latest' (the newest valid one)")
+    dtype: Literal["fp32", "bf16", "fp16"] = param("fp32", help="dtype of the exported weights (cast from the "
+                                                   "fp32 master weights)")
+    max_shard_gb: float = param(2.0, gt=0.0, help="largest safetensors file; a bigger model is sharded with a "
+                                "model.safetensors.index.json")
 
 
 @dataclass(kw_only=True)
