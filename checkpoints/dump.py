@@ -122,6 +122,16 @@ def _made_from(dumped: Path, source: Path) -> bool:
         return False
 
 
+def _adam_step(step_file: Path, common: dict) -> float | None:
+    """Adam's step count: per parameter after ZeRO 1/2 conversions, in the optimizer state after ZeRO-3."""
+    if step_file.is_file():
+        return float(torch.load(step_file, weights_only=False))
+    for group_state in ((common.get("optimizer_state_dict") or {}).get("state") or {}).values():
+        if "step" in group_state:
+            return float(group_state["step"])
+    return None
+
+
 def _write_states(source: Path, zero: Path, out: Path, max_bytes: int) -> dict:
     groups = parameter_groups(source)
     shapes = {name: shape for group in groups for name, shape in group.items()}
@@ -135,15 +145,14 @@ def _write_states(source: Path, zero: Path, out: Path, max_bytes: int) -> dict:
     hyper = ("lr", "betas", "eps", "weight_decay", "amsgrad")
     param_groups = [{**{k: g[k] for k in hyper if k in g}, "params": list(group)}
                     for g, group in zip(common.get("param_groups", []), groups)]
-    step_file = zero / names[0] / "step.pt"
-    adam_step = torch.load(step_file, weights_only=False) if step_file.is_file() else None
+    adam_step = _adam_step(zero / names[0] / "step.pt", common)
     state = json.loads((source / STATE).read_text())
     return {
         "step": state["step"], "consumed_samples": state.get("consumed_samples"),
         "consumed_tokens": state.get("consumed_tokens"), "loss": state.get("loss"),
         "source": str(source), "source_manifest_sha256": manifest_sha256(source),
         "saved_world_size": state.get("world_size"), "zero_stage": common.get("zero_stage"),
-        "optimizer": {"type": "AdamW", "adam_step": float(adam_step) if adam_step is not None else None,
+        "optimizer": {"type": "AdamW", "adam_step": adam_step,
                       "param_groups": param_groups},
         "parameters": {n: {"shape": list(shapes[n]), "dtype": "float32",
                            "group": next(i for i, g in enumerate(groups) if n in g)} for n in names},

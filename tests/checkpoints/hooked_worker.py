@@ -53,6 +53,12 @@ def install_optimizer_capture(path: str) -> None:
 
     def close(self):
         if self.engine is not None:
+            zero = self.engine.optimizer
+            if hasattr(zero, "_hp_optimizer_states_linked"):
+                # ZeRO 1/2 link each parameter to its Adam moments once, right after the first group's
+                # first step, when the other groups have no state yet: link again now that all have.
+                zero._hp_optimizer_states_linked = False
+                zero._lazy_init_hp_params_optimizer_state()
             live = {}
             for name, p in self.engine.module.named_parameters():
                 live[name] = {"fp32": safe_get_full_fp32_param(p).detach().clone().cpu(),
