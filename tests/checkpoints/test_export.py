@@ -1,0 +1,134 @@
+"""Stage `export` on a real tiny run (corpus -> ... -> pretrain on 2 ranks, ZeRO 2): the release loads
+offline with transformers, its logits equal graine's within 1e-5 in fp32, its tokenizer gives
+SentencePiece's ids; bf16 and sharded exports of a chosen step; a new checkpoint makes it stale."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import tiny_run
+import torch
+
+from checkpoints import export
+from pipeline import runner
+from pipeline.errors import GraineError
+from pipeline.model import BloomModel
+
+transformers = pytest.importorskip("transformers")
+
+EXTRA = ("train.zero_stage=2", "train.train_tokens=1536", "checkpoint.keep_every=4")  # steps 4, 8, 12 kept
+TEXT = "Hello world, bonjour le monde! ¿Qué tal? 12345 — Привет"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("export")
+    tiny_run.prepare(base / "run", base / "corpus")
+    runner.run(tiny_run.config(base / "run", base / "corpus", *EXTRA), ["pretrain"], executor="local")
+    assert (base / "run" / "checkpoints" / "global_step12").is_dir()
+    return base
+
+
+@pytest.fixture
+def run(trained, tmp_path) -> tuple[Path, Path]:
+    shutil.copytree(trained / "run", tmp_path / "run", symlinks=True)
+    return tmp_path / "run", trained / "corpus"
+
+
+def cfg_of(run, *extra):
+    run_dir, corpus = run
+    return tiny_run.config(run_dir, corpus, *EXTRA, *extra)
+
+
+def graine_logits(cfg, step: int, ids: torch.Tensor) -> torch.Tensor:
+    """graine's model with the weights the training engine held (its fp32 module state at that step)."""
+    from data_prep.tokenizer import tokenizer_info
+
+    folder = Path(cfg.run_dir) / "checkpoints" / f"global_step{step}"
+    module = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    model = BloomModel(cfg.model, tokenizer_info(Path(cfg.run_dir) / "tokenizer").vocab_size)
+    model.load_state_dict(module)
+    with torch.no_grad():
+        return model.eval()(ids)
+
+
+def load_release(folder: Path, dtype=torch.float32):
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def test_release_loads_offline_and_logits_match_graine(run, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = cfg_of(run)
+    runner.run(cfg, ["export"], executor="inline")
+    out = run[0] / "export" / "global_step12"
+    assert "step 12 (1,536 tokens" in capsys.readouterr().out and str(out) in (run[0] / "export" / "last_export.json").read_text()
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "graine_export.json", "tokenizer.json",
+                                               "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"}
+    model, tokenizer = load_release(out)
+    assert type(model).__name__ == "BloomForCausalLM"
+
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    assert ids == sp.encode(TEXT) and tokenizer.decode(ids) == TEXT
+    batch = torch.tensor([ids, list(reversed(ids))])
+    with torch.no_grad():
+        theirs = model(batch).logits
+    ours = graine_logits(cfg, 12, batch)
+    assert theirs.shape == ours.shape == (2, len(ids), 1024)  # 1000 tokens padded to a multiple of 128
+    assert (theirs - ours).abs().max().item() <= 1e-5
+    # A different step's weights would not pass: the check can tell checkpoints apart.
+    assert (graine_logits(cfg, 8, batch) - theirs).abs().max().item() > 1e-3
+
+    record = json.loads((out / "graine_export.json").read_text())
+    assert record["step"] == 12 and record["saved_world_size"] == 2 and record["dtype"] == "fp32"
+    assert runner.run(cfg, ["export"], executor="inline")[0].action == "skip"  # complete and up to date
+
+
+def test_bf16_sharded_export_of_a_chosen_step_keeps_the_earlier_one(run):
+    runner.run(cfg_of(run), ["export"], executor="inline")
+    first = (run[0] / "export" / "global_step12" / "model.safetensors").read_bytes()
+    cfg = cfg_of(run, "export.step=8", "export.dtype=bf16", "export.max_shard_gb=0.00005")  # 50 KB shards
+    with pytest.raises(GraineError, match="stale"):  # its config changed: asked to force
+        runner.run(cfg, ["export"], executor="inline")
+    runner.run(cfg, ["export"], executor="inline", force=True)
+    out = run[0] / "export" / "global_step8"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) >= 2 and all((out / s).is_file() for s in shards)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    model, tokenizer = load_release(out, dtype="auto")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    ids = torch.tensor([tokenizer(TEXT, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        theirs = model(ids).logits.float()
+    ours = graine_logits(cfg, 8, ids)
+    assert (theirs - ours).abs().max().item() <= 0.03 * ours.abs().max().item()  # bf16 rounding
+    # The earlier export of step 12 is still there, byte for byte, and still loads.
+    assert (run[0] / "export" / "global_step12" / "model.safetensors").read_bytes() == first
+    load_release(run[0] / "export" / "global_step12")
+
+
+def test_new_checkpoint_makes_the_export_stale(run):
+    runner.run(cfg_of(run), ["export"], executor="inline")
+    manifest_before = export.checkpoint_manifest(cfg_of(run))
+    assert manifest_before == [run[0] / "checkpoints" / "global_step12" / "manifest.json"]
+    # Four more steps: a new latest checkpoint (train.train_tokens changed, so pretrain is forced).
+    longer = cfg_of(run, "train.train_tokens=2048")
+    runner.run(longer, ["pretrain"], executor="local", force=True)
+    assert export.checkpoint_manifest(longer) == [run[0] / "checkpoints" / "global_step16" / "manifest.json"]
+    plan = runner.plan_stage(longer, export.STAGE, force=False)
+    assert plan.action == "refuse" and "stale" in plan.reason and "raw inputs" in plan.reason
+    runner.run(longer, ["export"], executor="inline", force=True)
+    assert json.loads((run[0] / "export" / "last_export.json").read_text())["step"] == 16
+
+
+def test_a_missing_step_names_the_available_ones(run):
+    with pytest.raises(GraineError, match=r"export.step=7: .*global_step7 does not exist; .*: 4, 8, 12"):
+        runner.run(cfg_of(run, "export.step=7"), ["export"], executor="inline")
