@@ -109,6 +109,7 @@ class Checkpointer:
         """Write, publish and point `latest` at the checkpoint of `step`; returns its folder."""
         tag = tag_of(step)
         tmp = self.dir / f"{TMP_PREFIX}{tag}"
+        self._phase("space", lambda: self._check_space(engine), tag)
         self._phase("prepare", lambda: self._prepare(tmp), tag)
         self._phase("rng", lambda: self._write_rng(tmp), tag)
         self._phase("deepspeed", lambda: engine.save_checkpoint(str(self.dir), tag=tmp.name, save_latest=False), tag)
@@ -145,9 +146,25 @@ class Checkpointer:
             previous = read_latest(self.dir)
             keep = f"the previous checkpoint {previous} is still valid" if previous else "no earlier checkpoint exists"
             raise CheckpointError(
-                f"saving checkpoint {tag} in {self.dir} failed while writing {name} ({'; '.join(errors)}); "
+                f"saving checkpoint {tag} in {self.dir} failed at its {name} phase ({'; '.join(errors)}); "
                 f"{keep} and `latest` was not moved. Free disk space or fix the permissions of {self.dir}, "
                 "then run the same command again to resume")
+
+    def _check_space(self, engine) -> None:
+        """Refuse to start a save that cannot fit: a rank failing inside DeepSpeed's save would leave
+        the others waiting in its collectives. The size is the previous checkpoint's, or an estimate
+        (fp32 weights plus Adam's master weights and two moments: 16 bytes per parameter)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        previous = read_latest(self.dir)
+        entries = manifest.read_manifest(self.dir / previous)[0] if previous else None
+        if entries:
+            need = sum(e["size"] for e in entries.values())
+        else:
+            need = 16 * sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
+        free = shutil.disk_usage(self.dir).free
+        if free < need * 1.1:
+            raise OSError(28, f"No space left on device: {free / 1e6:.1f} MB free in {self.dir}, "
+                              f"a checkpoint takes about {need / 1e6:.1f} MB")
 
     def _prepare(self, tmp: Path) -> None:
         if self.rank == 0:

@@ -25,17 +25,18 @@ from pipeline.trainer import TrainData, Trainer
 def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
     """The train/valid sample indexes over the preprocess stage's shards, and the vocabulary size."""
     from data_prep.sample_index import BlendedSampleIndex
-
     from data_prep.tokenizer import tokenizer_info
 
-    cfg, shards = ctx.cfg, ctx.input_dir("preprocess")
-    train = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="train")
+    cfg, shards, tokenizer = ctx.cfg, ctx.input_dir("preprocess"), ctx.input_dir("tokenizer")
+    # One epoch of the blend (the default size), so the fingerprint does not change when
+    # train.train_tokens is raised to extend a run; the loader repeats the order past its end.
+    train = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="train", tokenizer_dir=tokenizer)
     try:
         valid = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="valid")
     except Exception as exc:  # no validation split (preprocess.validation_fraction=0)
         ctx.log.warning("no validation split (%s): validation loss disabled", exc)
         valid = None
-    info = tokenizer_info(ctx.input_dir("tokenizer"))
+    info = tokenizer_info(tokenizer)
     hashes = {name: (lineage.read_record(ctx.input_dir(name)) or {}).get("output_hash")
               for name in ("tokenizer", "preprocess")}
     return TrainData(train, valid, {**hashes, "tokenizer_model": info.hash}), info.vocab_size

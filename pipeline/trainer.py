@@ -128,10 +128,10 @@ class Trainer:
             reason = self.stop_reason()
             if reason:
                 break
+            batch = self.loader.global_batch_size()
             loss, grad_norm, lr, skipped = self.train_step()
             self.step += 1
-            throughput.add(self.rampup(self.loader.consumed_samples - 1), 0)
-            throughput.tokens = throughput.samples * self.t.seq_len
+            throughput.add(batch, batch * self.t.seq_len)
             if not skipped:
                 interval_losses.append(loss)
                 self.last_loss = loss

@@ -95,13 +95,14 @@ def worker(spec_path: str) -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     setup_logging(rank)
     cfg = load_config(None, spec["overrides"])
-    n = spec.get("num_samples", 4096)
+    n, vocab = spec.get("num_samples", 4096), spec.get("vocab", VOCAB)
 
     def build_data(ctx):
         t = ctx.cfg.train
-        data = TrainData(SyntheticTokens(n, t.seq_len, ctx.cfg.seed), SyntheticTokens(64, t.seq_len, ctx.cfg.seed + 1),
+        data = TrainData(SyntheticTokens(n, t.seq_len, ctx.cfg.seed, vocab),
+                         SyntheticTokens(64, t.seq_len, ctx.cfg.seed + 1, vocab),
                          {"tokenizer": "synthetic", "preprocess": "synthetic"})
-        return data, VOCAB
+        return data, vocab
 
     def build_model(cfg, vocab):
         torch.manual_seed(cfg.seed)
@@ -154,9 +155,13 @@ def launch(run_dir: Path, overrides: list[str] = (), nproc: int = 2, hooks: dict
     spec = write_spec(run_dir, list(overrides), nproc, **extra)
     for old in run_dir.glob("result-rank*.json"):
         old.unlink()
-    proc = subprocess.run(command(spec, nproc), env=env(hooks), capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
-    output = proc.stdout + proc.stderr
+    proc = subprocess.Popen(command(spec, nproc), env=env(hooks), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_9(proc)  # the ranks too: torch.distributed.run starts them in their own sessions
+        raise
     try:
         result = json.loads((run_dir / "result-rank0.json").read_text())["result"]
     except OSError:

@@ -52,7 +52,9 @@ def test_reference_learns_and_publishes(reference):
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stages_match_the_reference(reference, tmp_path, stage):
-    result, output = launch(tmp_path / "run", [f"train.zero_stage={stage}", "train.train_tokens=1024"])
+    # ZeRO 3 also recomputes activations in the backward pass: the losses must not change.
+    over = [f"train.zero_stage={stage}", "train.train_tokens=1024", f"train.activation_checkpointing={stage == 3}"]
+    result, output = launch(tmp_path / "run", over)
     assert result == "done", output[-4000:]
     got, want = losses(tmp_path / "run"), losses(reference)
     assert sorted(got) == list(range(1, 9))
