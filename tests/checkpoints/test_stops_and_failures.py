@@ -19,7 +19,7 @@ def wait_for_step(run_dir: Path, proc, step: int, timeout: float = 90) -> None:
     deadline = time.time() + timeout
     while max(losses(run_dir), default=0) < step:
         assert proc.poll() is None, proc.stdout.read()[-4000:]
-        assert time.time() < deadline, "the run did not reach step %d in time" % step
+        assert time.time() < deadline, f"the run did not reach step {step} in time"
         time.sleep(0.05)
 
 
