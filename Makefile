@@ -16,6 +16,8 @@ endif
 GRAINE := $(PY) -m pipeline.cli
 STAMP := .graine-setup.stamp
 TORCH_PIN := torch==2.13.0
+# Triton runs the kernel tests through its CPU interpreter here; on a cluster the module's own is kept.
+TRITON_PIN := triton==3.9.0
 export DS_ACCELERATOR ?= cpu
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
@@ -36,8 +38,8 @@ ifeq ($(USE_ACTIVE),1)
 else
 	[ -x .venv/bin/python ] || $(HOST_PY) -m venv .venv
 	# torch pinned in the same call as deepspeed: unpinned, it resolves to a multi-GB CUDA build.
-	if .venv/bin/python -c 'import torch' 2>/dev/null; then .venv/bin/pip install -q -e '.[dev]'; \
-	else .venv/bin/pip install -q $(TORCH_PIN) -e '.[dev]'; fi
+	if .venv/bin/python -c 'import torch' 2>/dev/null; then .venv/bin/pip install -q $(TRITON_PIN) -e '.[dev]'; \
+	else .venv/bin/pip install -q $(TORCH_PIN) $(TRITON_PIN) -e '.[dev]'; fi
 endif
 	touch $@
 

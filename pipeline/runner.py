@@ -101,16 +101,17 @@ def run(cfg: RunConfig, names: list[str], executor: str = "local", force: bool =
         if hasattr(ex, "on_submit"):
             ex.on_submit = lambda pids: lock.record_jobs(local_pids=[int(p) for p in pids])
         plans, after, rerun = [], [], False
+        # A queued chain cannot look at upstream results, so it is planned whole before submitting:
+        # then the last stage that runs knows it must release the lock.
+        queued = [] if ex.waits else _plan_chain(cfg, targets, force)
+        last_run = max((i for i, p in enumerate(queued) if p.action == "run"), default=-1)
         for i, stage in enumerate(targets):
-            plan = plan_stage(cfg, stage, force, upstream_rerun=rerun)
+            plan = queued[i] if queued else plan_stage(cfg, stage, force, upstream_rerun=rerun)
             plans.append(plan)
             if plan.action == "skip":
                 log.info("%s: %s", stage.name, plan.reason)
                 continue
-            if plan.action == "refuse":
-                raise StageError(f"{stage.name}: {plan.reason}")
-            last = i == len(targets) - 1 and not ex.waits
-            after = _run_stage(cfg, stage, plan, ex, after, lock, last)
+            after = _run_stage(cfg, stage, plan, ex, after, lock, last=i == last_run)
             rerun = True
         if not ex.waits and after:
             ids = [h.job_id for h in after]
@@ -120,8 +121,23 @@ def run(cfg: RunConfig, names: list[str], executor: str = "local", force: bool =
         return plans
 
 
+def _plan_chain(cfg: RunConfig, targets: list[Stage], force: bool) -> list[Plan]:
+    plans, rerun = [], False
+    for stage in targets:
+        plans.append(plan_stage(cfg, stage, force, upstream_rerun=rerun))
+        _refuse_if(plans[-1])
+        rerun = rerun or plans[-1].action == "run"
+    return plans
+
+
+def _refuse_if(plan: Plan) -> None:
+    if plan.action == "refuse":
+        raise StageError(f"{plan.stage.name}: {plan.reason}")
+
+
 def _run_stage(cfg: RunConfig, stage: Stage, plan: Plan, ex: Executor, after: list[Handle],
                lock: RunLock, last: bool) -> list[Handle]:
+    _refuse_if(plan)
     _prepare_work(cfg, stage, plan)
     paths = StagePaths(Path(cfg.run_dir), stage.name)
     ex.folder = paths.logs()

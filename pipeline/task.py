@@ -16,14 +16,19 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import lineage
+from pipeline import lineage, stages
 from pipeline.config import RunConfig, build
 from pipeline.lock import release_chain
 from pipeline.stage import Stage, TaskContext
 from pipeline.stages import folder_of
+
+
+def _registered() -> dict[str, Stage]:
+    """Stages registered at run time in the driver (tests' own): a job process must see them too."""
+    return dict(stages._extra)
 
 log = logging.getLogger("graine")
 
@@ -90,11 +95,14 @@ class TaskRunner:
     stage: Stage
     step: str
     num_tasks: int
+    registry: dict[str, Stage] = field(default_factory=_registered)
 
     def _step(self):
         return next(s for s in self.stage.steps if s.name == self.step)
 
     def __call__(self, rank: int = 0) -> str:
+        for extra in self.registry.values():
+            stages.register(extra)
         step = self._step()
         if step.kind == "gpu":
             return self._run_distributed()
@@ -176,8 +184,11 @@ class Publisher:
     cfg: dict
     stage: Stage
     release_chain: str = ""
+    registry: dict[str, Stage] = field(default_factory=_registered)
 
     def __call__(self) -> str:
+        for extra in self.registry.values():
+            stages.register(extra)
         setup_logging()
         cfg: RunConfig = build(RunConfig, self.cfg, "")
         try:
