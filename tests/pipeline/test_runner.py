@@ -15,7 +15,7 @@ import toy_stages
 from pipeline import runner
 from pipeline.config import load_config
 from pipeline.errors import LockError, StageError
-from pipeline.lock import RunLock
+from pipeline.lock import RunLock, pid_alive
 from pipeline.status import stage_status
 
 HERE = Path(__file__).parent
@@ -200,3 +200,27 @@ def test_status_states(tmp_path):
     st = stage_status(cfg, "toy-parts")
     assert st.state == "complete" and st.summary == "400 lines"
     assert stage_status(cfg, "toy-sum").state == "not started"
+
+
+def test_kill_driver_only_its_live_tasks_keep_the_lock_then_rerun_finishes(tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "TOY_DELAY": "2", "GRAINE_LOCAL_PARALLEL": "2"}
+    script = DRIVER.format(here=str(Path(__file__).parent), run=run)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    jobs = run / ".work" / "toy-parts" / "jobs.json"
+    deadline = time.time() + 60
+    while time.time() < deadline and not jobs.exists():
+        time.sleep(0.05)
+    proc.kill()  # only the driver: its task processes live on
+    proc.wait()
+    cfg = load_config(None, [f"run_dir={run}", "clean.num_tasks=6"])
+    with pytest.raises(LockError, match="in use by another pipeline"):
+        runner.run(cfg, ["toy-parts"], executor="inline")
+    # Once the orphaned tasks have finished, the lock is stale and a re-run completes the stage.
+    lock = json.loads((run / ".graine.lock").read_text())
+    deadline = time.time() + 60
+    while any(pid_alive(p) for p in lock["local_pids"]) and time.time() < deadline:
+        time.sleep(0.2)
+    runner.run(cfg, ["toy-parts"], executor="local")
+    runner.run(load_config(None, [f"run_dir={tmp_path / 'ref'}", "clean.num_tasks=6"]), ["toy-parts"], executor="inline")
+    assert (run / "toy-parts" / "all.txt").read_bytes() == (tmp_path / "ref" / "toy-parts" / "all.txt").read_bytes()
