@@ -193,6 +193,8 @@ def cmd_task(args) -> int:
     if args.step not in steps:
         raise ConfigError(f"stage {stage.name} has no step '{args.step}'; its steps: {', '.join(steps)}")
     step = steps[args.step]
+    if stage.publish:  # training checks its own checkpoints' data fingerprint instead
+        _check_work_folder(cfg, stage)
     rank = args.rank if args.rank is not None else int(os.environ.get("SLURM_PROCID", 0))
     n = step.num_tasks(cfg)
     if step.kind == "cpu" and not 0 <= rank < n:
@@ -200,6 +202,27 @@ def cmd_task(args) -> int:
     result = TaskRunner(cfg.to_dict(), stage, step.name, n)(rank)
     print(result)
     return 0
+
+
+def _check_work_folder(cfg, stage) -> None:
+    """Hand-run tasks must not mix with a previous attempt's parts made from other inputs or config."""
+    import json
+    import time
+
+    from pipeline import lineage
+    from pipeline.task import StagePaths, write_atomic
+
+    paths = StagePaths(cfg.run_path, stage.name)
+    key = lineage.fingerprint(cfg, stage).key
+    stamp = paths.work / "fingerprint.json"
+    try:
+        previous = json.loads(stamp.read_text())["key"]
+    except (OSError, ValueError, KeyError):
+        write_atomic(stamp, json.dumps({"key": key, "started": time.time()}))
+        return
+    if previous != key:
+        raise ConfigError(f"{paths.work} holds tasks of an attempt with other inputs or config; remove it "
+                          f"(or run `graine run {stage.name} --force`) before running tasks by hand")
 
 
 def cmd_publish(args) -> int:

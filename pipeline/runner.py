@@ -88,7 +88,8 @@ def resolve(names: list[str]) -> list[Stage]:
     order = stages.known()
     if names == ["all"]:
         names = stages.ORDER
-    return [stages.get(n) for n in sorted(set(names), key=order.index)]
+    found = [stages.get(n) for n in dict.fromkeys(names)]  # unknown names fail here, with the list
+    return sorted(found, key=lambda s: order.index(s.name))
 
 
 def run(cfg: RunConfig, names: list[str], executor: str = "local", force: bool = False,

@@ -1,0 +1,60 @@
+"""The `graine` command in-process: dry runs, hand-run tasks and publication, status."""
+
+import pytest
+import toy_stages
+
+from pipeline import stages
+from pipeline.cli import main
+
+
+@pytest.fixture(autouse=True)
+def toys():
+    toy_stages.register()
+    yield
+    stages.unregister("toy-parts")
+    stages.unregister("toy-sum")
+
+
+def test_dry_run_prints_resolved_config_and_jobs_and_submits_nothing(tmp_path, capsys):
+    assert main(["run", "toy-parts", f"run_dir={tmp_path}", "clean.num_tasks=3", "--dry-run"]) == 2  # no -c
+    capsys.readouterr()
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nclean:\n  num_tasks: 3\n")
+    assert main(["run", "toy-parts", "-c", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "# resolved configuration" in out and "num_tasks: 3" in out
+    assert "toy-parts: run" in out and "step write (cpu): 3 task(s) [0..2]" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_hand_run_tasks_then_publish_equal_a_run(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nclean:\n  num_tasks: 2\n")
+    assert main(["publish", "toy-parts", "-c", str(cfg)]) == 1  # nothing done yet
+    for rank in (0, 1):
+        assert main(["task", "toy-parts", "write", "-c", str(cfg), "--rank", str(rank)]) == 0
+    assert main(["task", "toy-parts", "write", "-c", str(cfg), "--rank", "5"]) == 2
+    assert main(["task", "toy-parts", "merge", "-c", str(cfg)]) == 0
+    assert main(["publish", "toy-parts", "-c", str(cfg)]) == 0
+    assert main(["run", "toy-parts", "-c", str(cfg), f"run_dir={tmp_path / 'ref'}", "--executor", "inline"]) == 0
+    assert (tmp_path / "run/toy-parts/all.txt").read_bytes() == (tmp_path / "ref/toy-parts/all.txt").read_bytes()
+    capsys.readouterr()
+    assert main(["status", "-c", str(cfg)]) == 0
+    assert "toy-parts   complete" in capsys.readouterr().out
+
+
+def test_hand_run_task_refuses_a_work_folder_of_another_config(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nclean:\n  num_tasks: 2\n")
+    assert main(["task", "toy-parts", "write", "-c", str(cfg), "--rank", "0"]) == 0
+    assert main(["task", "toy-parts", "write", "-c", str(cfg), "--rank", "1", "clean.text_field=body"]) == 2
+    assert "holds tasks of an attempt with other inputs or config" in capsys.readouterr().err
+
+
+def test_unknown_stage_and_executor_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"run_dir: {tmp_path}\n")
+    assert main(["run", "nope", "-c", str(cfg)]) == 2
+    assert "valid stages" in capsys.readouterr().err
+    assert main(["run", "toy-parts", "-c", str(cfg), "--executor", "cloud"]) == 2
+    assert "valid executors: inline, local, slurm" in capsys.readouterr().err
