@@ -113,7 +113,7 @@ class BlendedSampleIndex:
         per_epoch = [(d.num_tokens - 1) // seq_len for d in self.datasets]
         self.num_samples = int(num_samples if num_samples is not None else sum(per_epoch))
         self.fingerprint = self._fingerprint(blend)
-        path = self.shards_dir / "index-cache" / f"{split}-L{seq_len}-{self.fingerprint}.npz"
+        path = self.shards_dir / "index-cache" / f"{split}-L{seq_len}-N{self.num_samples}-{self.fingerprint}.npz"
         if cache and path.is_file():
             arrays = dict(np.load(path, allow_pickle=False))
         else:
@@ -154,11 +154,14 @@ class BlendedSampleIndex:
         return names, datasets, np.array(weights, dtype=np.float64)
 
     def _fingerprint(self, blend: dict) -> str:
+        # num_samples is not part of it: the blend is assigned position by position and each epoch is
+        # shuffled by (seed, dataset, epoch), so a longer index extends a shorter one without changing
+        # its prefix, and a run may raise train.train_tokens and resume on the same order.
         shards = {n: {k: blend["datasets"][n][self.split].get(k) for k in ("bin_sha256", "idx_sha256", "tokens")}
                   for n in self.names}
         sizes = {n: d.bin_path.stat().st_size for n, d in zip(self.names, self.datasets)}
         key = {"version": INDEX_VERSION, "seq_len": self.seq_len, "seed": self.seed, "split": self.split,
-               "num_samples": self.num_samples, "weights": self.weights.round(12).tolist(), "names": self.names,
+               "weights": self.weights.round(12).tolist(), "names": self.names,
                "shards": shards, "sizes": sizes, "tokenizer": blend.get("tokenizer_hash")}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 

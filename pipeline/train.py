@@ -28,9 +28,12 @@ def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
     from data_prep.tokenizer import tokenizer_info
 
     cfg, shards, tokenizer = ctx.cfg, ctx.input_dir("preprocess"), ctx.input_dir("tokenizer")
-    # One epoch of the blend (the default size), so the fingerprint does not change when
-    # train.train_tokens is raised to extend a run; the loader repeats the order past its end.
-    train = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="train", tokenizer_dir=tokenizer)
+    # As many samples as the token budget takes (plus one global batch of slack), each dataset repeating
+    # its own epochs as its weight asks. The index's prefix does not depend on this length, so raising
+    # train.train_tokens later extends the same order and a resume stays valid.
+    needed = -(-cfg.train.train_tokens // cfg.train.seq_len) + cfg.train.global_batch_size
+    train = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="train", num_samples=needed,
+                               tokenizer_dir=tokenizer)
     try:
         valid = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="valid")
     except Exception as exc:  # no validation split (preprocess.validation_fraction=0)
@@ -74,7 +77,7 @@ def summary(out_dir: Path) -> str:
 STAGE = Stage(
     name="pretrain",
     needs=("preprocess", "tokenizer"),
-    sections=("model", "train", "checkpoint"),
+    sections=("seed", "model", "train", "checkpoint"),
     steps=(Step("train", run=train_step, kind="gpu"),),
     description="BLOOM-style pretraining with DeepSpeed ZeRO; resumes from its latest valid checkpoint",
     publish=False,

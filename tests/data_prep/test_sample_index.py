@@ -117,6 +117,14 @@ def test_more_samples_than_an_epoch_reshuffle_each_epoch(shards):
     assert e0 != e1
 
 
+def test_a_longer_index_extends_a_shorter_one(shards):
+    # Raising train.train_tokens must not change the samples already trained on (resume stays valid).
+    short = BlendedSampleIndex(shards, SEQ, seed=7, num_samples=1500, cache=False)
+    long = BlendedSampleIndex(shards, SEQ, seed=7, num_samples=4000, cache=False)
+    assert short.fingerprint == long.fingerprint
+    assert all(np.array_equal(short[g], long[g]) for g in range(len(short)))
+
+
 def test_cache_is_reused_and_rebuilt_when_the_shards_change(shards, monkeypatch):
     first = BlendedSampleIndex(shards, SEQ, seed=7)
     cached = list((shards / "index-cache").glob("*.npz"))
