@@ -5,6 +5,7 @@ SentencePiece's ids; bf16 and sharded exports of a chosen step; a new checkpoint
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -132,3 +133,18 @@ def test_new_checkpoint_makes_the_export_stale(run):
 def test_a_missing_step_names_the_available_ones(run):
     with pytest.raises(GraineError, match=r"export.step=7: .*global_step7 does not exist; .*: 4, 8, 12"):
         runner.run(cfg_of(run, "export.step=7"), ["export"], executor="inline")
+
+
+def test_checkpoint_list_shows_validity_marks_and_tokens(run, capsys):
+    from checkpoints.cli import checkpoint_command
+
+    runner.run(cfg_of(run), ["export"], executor="inline")
+    victim = run[0] / "checkpoints" / "global_step4" / "graine_state.json"
+    victim.write_text(victim.read_text() + " ")  # one byte more than the manifest says
+    assert checkpoint_command(cfg_of(run, "checkpoint.keep_every=8"), "list", None) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {int(m.group(1)): line for line in lines if (m := re.match(r"\s*(\d+)\s+[\d.]+ [KMGT]?B ", line))}
+    assert sorted(rows) == [4, 8, 12]
+    assert "INVALID (graine_state.json has" in rows[4]
+    assert rows[8].rstrip().endswith("valid  [release]") and "1,024" in rows[8]
+    assert rows[12].rstrip().endswith("valid  [latest, export]") and "1,536" in rows[12]
