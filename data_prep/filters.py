@@ -20,7 +20,7 @@ from importlib import resources
 
 import numpy as np
 
-from data_prep.minhash import code_points, ngram_hashes
+from data_prep.minhash import code_points, rolling_hashes
 from pipeline.errors import ConfigError
 
 CJK_LANGS = frozenset({"zh", "ja", "yue", "wuu"})
@@ -29,8 +29,10 @@ PUNCT = "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum()) + \
 # Punctuation, symbols and digits (emoji included) but not whitespace or letters of any script.
 _SPECIAL = re.compile("[!-/:-@\\[-`{-~\u00a1-\u00bf\u00d7\u00f7\u2010-\u205e\u2100-\u2bff\u3000-\u303f"
                       "\uff01-\uff0f\uff1a-\uff20\U0001f000-\U0001faff0-9\ufffd]")
-_CJK_TOKEN = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
-                        "|[^\\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# zh/ja words: one CJK character, or a run of other non-space characters stripped of PUNCT at both
+# ends (it starts and ends outside PUNCT; a run of PUNCT only yields nothing).
+_CJK_WORD = re.compile(f"[{_CJK}]|[^\\s{re.escape(PUNCT)}{_CJK}](?:[^\\s{_CJK}]*[^\\s{re.escape(PUNCT)}{_CJK}])?")
 
 
 @dataclass(frozen=True)
@@ -112,28 +114,31 @@ def check_overrides(overrides: dict[str, dict[str, float]]) -> None:
 # ------------------------------------------------------------------------------------------- words
 def split_words(text: str, lang: str) -> list[str]:
     """Lower-cased words without surrounding punctuation; characters for zh/ja."""
-    if lang in CJK_LANGS:
-        tokens = _CJK_TOKEN.findall(text.lower())
-    else:
-        tokens = text.lower().split()
-    return [w for w in (t.strip(PUNCT) for t in tokens) if w]
+    if lang in CJK_LANGS:  # one regex: stripping each character in Python took twice as long
+        return _CJK_WORD.findall(text.lower())
+    # Splitting and stripping beat a regex where words are longer (26 vs 30 us per kB of English).
+    return [w for w in (t.strip(PUNCT) for t in text.lower().split()) if w]
 
 
 def char_repetition_ratio(text: str, n: int) -> float:
     cps = code_points(text)
     if len(cps) < n:
         return 0.0
-    _, counts = np.unique(ngram_hashes(cps, n), return_counts=True)
+    # Equal n-grams are runs in the sorted hashes; their lengths are the counts.
+    hashes = np.sort(rolling_hashes(cps, n))
+    starts = np.flatnonzero(np.concatenate(([True], hashes[1:] != hashes[:-1])))
+    counts = np.sort(np.diff(np.append(starts, len(hashes))))
     top = int(np.sqrt(len(counts)))
-    return float(np.sort(counts)[::-1][:top].sum() / counts.sum())
+    return float(counts[len(counts) - top:].sum() / len(hashes))
 
 
 def word_repetition_ratio(words: list[str], n: int) -> float:
     if len(words) < n:
         return 0.0
-    counts = Counter(zip(*(words[i:] for i in range(n))))
-    total = len(words) - n + 1
-    return sum(c for c in counts.values() if c > 1) / total
+    grams = list(zip(*(words[i:] for i in range(n))))
+    if len(set(grams)) == len(grams):  # the common case, at half the cost of counting
+        return 0.0
+    return sum(c for c in Counter(grams).values() if c > 1) / len(grams)
 
 
 def special_ratio(text: str) -> float:

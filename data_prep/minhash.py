@@ -68,6 +68,21 @@ def token_hashes(text: str, cjk: bool = False) -> np.ndarray:
         return mix64(sums * _inv_powers[starts])
 
 
+def rolling_hashes(cps: np.ndarray, n: int) -> np.ndarray:
+    """Polynomial hash of every run of n code points, from one prefix sum (no loop over n).
+
+    Unmixed: good for counting equal n-grams, not as a hash for MinHash.
+    """
+    m = len(cps) - n + 1
+    if m <= 0:
+        return cps[:0]
+    _grow_powers(len(cps) + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(len(cps) + 1, dtype=np.uint64)
+        np.cumsum((cps + np.uint64(1)) * _powers[: len(cps)], out=prefix[1:])
+        return (prefix[n:] - prefix[:m]) * _inv_powers[:m]
+
+
 def ngram_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
     """Hashes of every run of n consecutive tokens (one hash of all tokens when fewer than n)."""
     if len(tokens) == 0:
