@@ -142,8 +142,10 @@ class TaskRunner:
             log.info("training saved after %s; requeuing through submitit", result)
             submitit_handler(signal.SIGUSR2, None)  # checkpoints this callable, requeues, exits
         # gloo's worker thread can abort the interpreter at exit (DEEPSPEED_CPU.md): once submitit has
-        # written this task's result, leave without running interpreter shutdown.
-        atexit.register(_hard_exit)
+        # written this task's result, leave without running interpreter shutdown. (Inline runs leave
+        # through the CLI's own os._exit instead, with its exit code.)
+        if os.environ.get("SUBMITIT_EXECUTOR"):
+            atexit.register(_hard_exit)
         return result
 
     def checkpoint(self, *args, **kwargs):
