@@ -17,7 +17,6 @@ import torch
 from pipeline import lineage
 from pipeline.config import RunConfig
 from pipeline.engine import ensure_cpu_accelerator
-from pipeline.errors import StageError
 from pipeline.stage import Stage, Step, TaskContext
 from pipeline.trainer import TrainData, Trainer
 
@@ -63,15 +62,31 @@ def train_step(ctx: TaskContext) -> str:
 
 
 def summary(out_dir: Path) -> str:
+    """The finished run's result, or, while it trains or waits to resume, its last checkpoint and metrics."""
     from checkpoints.checkpointer import latest_checkpoint_info
+    from pipeline.metrics import last_metrics
 
+    info = latest_checkpoint_info(out_dir.parent) or {}
     try:
         result = json.loads((out_dir / "result.json").read_text())
     except (OSError, ValueError):
-        raise StageError(f"{out_dir / 'result.json'} is missing: training did not finish") from None
-    info = latest_checkpoint_info(out_dir.parent) or {}
-    return (f"{result['result']} at step {result['step']} ({result['tokens']:,} tokens): loss {result['loss']:.4f} "
-            f"vs unigram entropy {result['unigram_entropy']:.4f} nats; latest checkpoint {info.get('path')}")
+        result = None
+    lines = []
+    if result and result.get("result") == "done":
+        lines.append(f"done at step {result['step']} ({result['tokens']:,} tokens): loss {result['loss']:.4f} "
+                     f"vs unigram entropy {result['unigram_entropy']:.4f} nats")
+    elif result:
+        lines.append(f"{result['result']} at step {result['step']} ({result['tokens']:,} tokens); the same "
+                     "command resumes it")
+    if info:
+        lines.append(f"latest checkpoint: step {info.get('step')}, {info.get('tokens') or 0:,} tokens, "
+                     f"loss {info.get('loss')}, {info.get('path')}")
+    last = last_metrics(out_dir.parent)
+    if last and not (result and result.get("result") == "done"):
+        lines.append(f"last metrics: step {last['step']}, loss {last['loss']:.4f}, lr {last['lr']:.3g}, "
+                     f"grad norm {last.get('grad_norm', float('nan')):.3g}, {last.get('tokens_per_s', 0):,.0f} tokens/s"
+                     + (f", MFU {last['mfu']:.1%}" if last.get("mfu") else ""))
+    return "\n".join(lines)
 
 
 STAGE = Stage(
