@@ -30,9 +30,15 @@ PUNCT = "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum()) + \
 _SPECIAL = re.compile("[!-/:-@\\[-`{-~\u00a1-\u00bf\u00d7\u00f7\u2010-\u205e\u2100-\u2bff\u3000-\u303f"
                       "\uff01-\uff0f\uff1a-\uff20\U0001f000-\U0001faff0-9\ufffd]")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_P = re.escape(PUNCT)
+# PUNCT at either end of a whitespace-separated token (after a space or the start, or running to a
+# space or the end): removing it before splitting gives the words that stripping each token would,
+# and a token of PUNCT only disappears. The pattern starts with a character class, which the regex
+# engine skips to: ~2x faster than a Python strip per token.
+_TOKEN_EDGE_PUNCT = re.compile(f"[{_P}](?:(?<=\\s.)[{_P}]*|(?<=^.)[{_P}]*|[{_P}]*(?!\\S))")
 # zh/ja words: one CJK character, or a run of other non-space characters stripped of PUNCT at both
-# ends (it starts and ends outside PUNCT; a run of PUNCT only yields nothing).
-_CJK_WORD = re.compile(f"[{_CJK}]|[^\\s{re.escape(PUNCT)}{_CJK}](?:[^\\s{_CJK}]*[^\\s{re.escape(PUNCT)}{_CJK}])?")
+# ends (it starts and ends outside PUNCT).
+_CJK_WORD = re.compile(f"[{_CJK}]|[^\\s{_P}{_CJK}](?:[^\\s{_CJK}]*[^\\s{_P}{_CJK}])?")
 
 
 @dataclass(frozen=True)
@@ -116,8 +122,7 @@ def split_words(text: str, lang: str) -> list[str]:
     """Lower-cased words without surrounding punctuation; characters for zh/ja."""
     if lang in CJK_LANGS:  # one regex: stripping each character in Python took twice as long
         return _CJK_WORD.findall(text.lower())
-    # Splitting and stripping beat a regex where words are longer (26 vs 30 us per kB of English).
-    return [w for w in (t.strip(PUNCT) for t in text.lower().split()) if w]
+    return _TOKEN_EDGE_PUNCT.sub("", text.lower()).split()
 
 
 def char_repetition_ratio(text: str, n: int) -> float:
@@ -135,10 +140,11 @@ def char_repetition_ratio(text: str, n: int) -> float:
 def word_repetition_ratio(words: list[str], n: int) -> float:
     if len(words) < n:
         return 0.0
-    grams = list(zip(*(words[i:] for i in range(n))))
-    if len(set(grams)) == len(grams):  # the common case, at half the cost of counting
+    total = len(words) - n + 1
+    if len(set(zip(*(words[i:] for i in range(n))))) == total:  # no repeat: the common case, and cheaper
         return 0.0
-    return sum(c for c in Counter(grams).values() if c > 1) / len(grams)
+    counts = Counter(zip(*(words[i:] for i in range(n))))
+    return sum(c for c in counts.values() if c > 1) / total
 
 
 def special_ratio(text: str) -> float:
