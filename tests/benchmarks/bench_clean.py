@@ -20,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from data_prep.clean import STAGE, DocumentCleaner, exact_hash
+from data_prep.clean import BATCH_DOCS, STAGE, DocumentCleaner, exact_hash
 from data_prep.clean_stats import new_stats
 from data_prep.filters import remove_boilerplate
 from data_prep.minhash import MinHasher, is_cjk
@@ -55,7 +55,7 @@ class Clock:
 
 
 def sample_documents(files, sample_mb: float) -> list[Document]:
-    """Every k-th document of the corpus, k chosen so that about `sample_mb` of text remains."""
+    """Every k-th document of the corpus, k chosen to keep about `sample_mb` of input files."""
     total = sum(f.size for f in files) / 1e6
     step = max(int(total / sample_mb), 1)
     docs = (d for f in files for d in read_file(f, Fields()) if isinstance(d, Document))
@@ -75,12 +75,13 @@ def per_document(cfg: CleanConfig, docs: list[Document], repeat: int) -> list[tu
     """Rows for the filter step's per-document work, whole and by part, on `docs`."""
     raw_mb = sum(len(d.text.encode()) for d in docs) / 1e6
     cleaner, hasher = DocumentCleaner(cfg, new_stats()), MinHasher(cfg.dedup.num_perm, cfg.dedup.shingle_size)
-    results = [cleaner(d) for d in docs]
+    results = [r for start in range(0, len(docs), BATCH_DOCS) for r in cleaner.batch(docs[start:start + BATCH_DOCS])]
     kept = [(r["text"], lang) for r, lang, reason in results if not reason]
 
-    def clean_all():
-        for d in docs:
-            exact_hash(cleaner(d)[0]["text"])
+    def clean_all():  # as the filter step does it: batches of BATCH_DOCS, phase by phase
+        for start in range(0, len(docs), BATCH_DOCS):
+            for record, _, _ in cleaner.batch(docs[start:start + BATCH_DOCS]):
+                exact_hash(record["text"])
 
     def signatures():
         for text, lang in kept:
@@ -134,7 +135,7 @@ def print_table(rows: list[tuple]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, default=200, help="approximate raw corpus size")
-    parser.add_argument("--sample-mb", type=float, default=40, help="text timed for the per-document rows")
+    parser.add_argument("--sample-mb", type=float, default=40, help="MB of input files sampled for the per-document rows")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each per-document row; the best is kept")
     parser.add_argument("--skip-stage", action="store_true", help="only the per-document rows")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/graine-bench-clean"))
@@ -147,12 +148,13 @@ def main() -> None:
     stage = [] if args.skip_stage else run_stage(cfg, args.workdir)
     docs = sample_documents(files, args.sample_mb)
     rows = per_document(cfg.clean, docs, args.repeat)
-    print(f"\ncorpus: {sum(f.size for f in files) / 1e6:.1f} MB in {len(files):,} files; 1 task = 1 core; "
-          f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores")
+    print(f"\ncorpus: {len(files):,} files, {sum(f.size for f in files) / 1e6:.1f} MB on disk (some compressed); "
+          f"1 task = 1 core; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores")
     if stage:
         print("\nthe stage, one task (MB of raw UTF-8 text read)")
         print_table(stage)
-    print(f"\nper document, {len(docs):,} documents spread over the corpus, best of {args.repeat}")
+    print(f"\nper document, {len(docs):,} documents spread over the corpus, best of {args.repeat} "
+          "(parts: each alone over the sample; MB/s of the raw text of the whole sample)")
     print_table(rows)
 
 
