@@ -8,9 +8,9 @@ Like a checkpoint it is written as `.tmp-global_step<N>_universal/`, gets a mani
 renamed; `source.json` names the checkpoint (and the sha256 of its manifest) it was made from.
 
 Resuming: the checkpointer still resumes from `global_step<N>/` (step, data position, RNG states) and
-asks `load_tag()` which tag DeepSpeed should load: the checkpoint itself when the world size is
-unchanged, else its universal conversion, with DeepSpeed's `checkpoint.load_universal` switched on for
-that load. Data order is unaffected: batches are cut from the global sample index at
+lets `load_engine_state()` call DeepSpeed: on the checkpoint itself when the world size is unchanged,
+else on its universal conversion, with DeepSpeed's `checkpoint.load_universal` switched on for that
+load (and the optimizer groups' hyper-parameters kept, see there). Data order is unaffected: batches are cut from the global sample index at
 `consumed_samples`, whatever the number of ranks (pipeline.data_loader).
 
 ZeRO-0 checkpoints cannot be converted: they have no optimizer-partition files (DEEPSPEED_CPU.md).
@@ -26,6 +26,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from checkpoints import manifest
 from checkpoints.checkpointer import CONFIG, STATE, TMP_PREFIX
@@ -127,11 +129,8 @@ def run_ds_to_universal(source: Path, out: Path, workers: int) -> None:
            # the default one (no tensor or pipeline parallelism), without which it refuses.
            "--inject_missing_state"]
     env = dict(os.environ)
-    if "DS_ACCELERATOR" not in env:
-        import torch
-
-        if not torch.cuda.is_available():
-            env["DS_ACCELERATOR"] = "cpu"
+    if "DS_ACCELERATOR" not in env and not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"
     log.info("converting %s to a universal checkpoint: %s", source, " ".join(cmd[1:]))
     # ds_to_universal points `latest_universal` beside its output at that output: keep the old one.
     pointer = out.parent / LATEST_UNIVERSAL
@@ -155,6 +154,33 @@ def _write_pointer(path: Path, tag: str) -> None:
 
 
 # ----------------------------------------------------------------------------------- resume hook
+def load_engine_state(engine, folder: Path, world_size: int, load=None):
+    """`engine.load_checkpoint` of the checkpoint `folder`, through its universal conversion when it
+    was saved by another number of ranks (see `load_tag`). Returns what load_checkpoint returns.
+
+    Two repairs after DeepSpeed 0.19's ZeRO-3 universal load, without which the run drifts from the
+    uninterrupted one (relative loss error ~4e-4 after 8 steps, where ZeRO 1/2 continue bit for bit):
+    - it copies the first optimizer group's hyper-parameters onto every group, which gives the biases
+      and LayerNorms (group 1) weight decay: the groups' own settings, which come from the config and
+      are not training state, are put back;
+    - it gives every group one shared `step` tensor, which torch's AdamW increments in place once per
+      group, so Adam's bias correction runs ahead: each group gets its own copy.
+    """
+    load = load or engine.load_checkpoint
+    folder = Path(folder)
+    tag = load_tag(folder, engine, world_size)
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in getattr(inner, "param_groups", [])]
+    result = load(str(folder.parent), tag=tag, load_lr_scheduler_states=False)
+    if tag != folder.name:
+        for group, saved in zip(inner.param_groups, groups):
+            group.update(saved)
+        for state in getattr(inner, "state", {}).values():
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].clone()
+    return result
+
+
 def load_tag(folder: Path, engine, world_size: int) -> str:
     """The tag `engine.load_checkpoint` should load for the checkpoint `folder` on `world_size` ranks.
 

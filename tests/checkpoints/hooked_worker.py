@@ -1,6 +1,6 @@
 """train_harness's worker with two test hooks, launched the same way (torch.distributed.run, gloo).
 
-- Until `Checkpointer.load` asks `checkpoints.universal.load_tag` which tag to load (the one-line change
+- Until `Checkpointer.load` loads through `checkpoints.universal.load_engine_state` (the one-line change
   requested in the report), the worker routes DeepSpeed's load through it, exactly as that line would.
 - GRAINE_TEST_OPTIM_STATE=PATH: when training ends, every rank gathers the live optimizer's full fp32
   weights and Adam moments (deepspeed.utils.safe_get_full_*, collective) and rank 0 saves them to PATH:
@@ -24,7 +24,7 @@ OPTIM_STATE = "GRAINE_TEST_OPTIM_STATE"
 def install_universal_hook() -> None:
     from checkpoints import checkpointer, universal
 
-    if "load_tag" in inspect.getsource(checkpointer.Checkpointer.load):
+    if "load_engine_state" in inspect.getsource(checkpointer.Checkpointer.load):
         return  # the checkpointer calls it itself
     original = checkpointer.Checkpointer.load
 
@@ -32,7 +32,7 @@ def install_universal_hook() -> None:
         real = engine.load_checkpoint
 
         def redirected(load_dir, tag=None, **kwargs):
-            return real(load_dir, tag=universal.load_tag(Path(load_dir) / tag, engine, self.world), **kwargs)
+            return universal.load_engine_state(engine, Path(load_dir) / tag, self.world, load=real)
 
         engine.load_checkpoint = redirected
         try:
