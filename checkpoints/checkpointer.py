@@ -256,7 +256,10 @@ class Checkpointer:
         folder = self.find_valid()
         if folder is None:
             return None
-        loaded, _ = engine.load_checkpoint(str(self.dir), tag=folder.name, load_lr_scheduler_states=False)
+        # Same world size: DeepSpeed's own load. Another one: the step's universal conversion.
+        from checkpoints.universal import load_engine_state
+
+        loaded, _ = load_engine_state(engine, folder, self.world)
         if loaded is None:
             raise CheckpointError(f"DeepSpeed could not load {folder}; see the messages above")
         state = json.loads((folder / STATE).read_text())

@@ -61,6 +61,11 @@ def prune(ckpt_dir: Path, keep_last: int, keep_every: int, protect: set[int] = f
         doomed = folders[step].with_name(f".deleting-{folders[step].name}")
         folders[step].rename(doomed)
         shutil.rmtree(doomed, ignore_errors=True)
+        universal = folders[step].with_name(f"{folders[step].name}_universal")  # its resharding copy goes too
+        if universal.is_dir():
+            gone = universal.with_name(f".deleting-{universal.name}")
+            universal.rename(gone)
+            shutil.rmtree(gone, ignore_errors=True)
         deleted.append(step)
     if deleted:
         log.info("retention: deleted checkpoints of steps %s (keep_last=%d, keep_every=%d)",
