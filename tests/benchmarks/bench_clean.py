@@ -32,7 +32,7 @@ from pipeline.stage import TaskContext
 
 def generate(workdir: Path, mb: float) -> Path:
     corpus = workdir / "corpus"
-    docs_per_language = max(int(mb * 1e6 / 10 / 1750), 20)  # ~1.75 kB of raw input per planted document
+    docs_per_language = max(int(mb * 1e6 / 10 / 1600), 20)  # ~1.6-1.7 kB of raw text per planted document
     marker = corpus / f".done-{docs_per_language}"
     if not marker.exists():
         shutil.rmtree(corpus, ignore_errors=True)
