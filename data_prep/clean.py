@@ -1,9 +1,10 @@
 """Stage `clean`: raw documents -> normalised, language-identified, filtered, redacted, deduplicated shards.
 
 Steps (each task writes only its own files, each under a temporary name renamed when complete):
-  filter   N tasks  read a size-balanced slice of the inputs; normalise, identify the language, filter,
-                    redact PII; kept documents, their keys, exact hashes, MinHash signatures and LSH band
-                    hashes go to work_dir/filter/<rank>/; exclusions and rejects are written beside.
+  filter   N tasks  read a size-balanced share of the inputs (big uncompressed jsonl files in byte ranges);
+                    normalise, identify the language, filter, redact PII; kept documents, their keys, exact
+                    hashes, MinHash signatures and LSH band hashes go to work_dir/filter/<rank>/;
+                    exclusions and rejects are written beside.
   dedup    N tasks  task r owns the hashes with hash % N == r: exact groups and verified LSH pairs -> edges.
   clusters 1 task   join the edges; keep the smallest key (first in input order) of each cluster.
   write    N tasks  drop the removed documents from filter task r's output: clean/part-<rank>.jsonl.zst.
@@ -42,7 +43,16 @@ from data_prep.langid import LanguageIdentifier
 from data_prep.minhash import MinHasher, band_hashes, is_cjk
 from data_prep.normalize import Normalizer
 from data_prep.pii import PiiRedactor
-from data_prep.readers import Document, Fields, InputFile, Reject, assign_files, list_inputs, read_file
+from data_prep.readers import (
+    Document,
+    Fields,
+    InputFile,
+    Reject,
+    assign_files,
+    list_inputs,
+    read_slice,
+    split_inputs,
+)
 from pipeline.config import CleanConfig, RunConfig
 from pipeline.stage import Stage, Step, TaskContext, one_task
 
@@ -135,7 +145,8 @@ def exact_hash(text: str) -> int:
 # ----------------------------------------------------------------------------------------- filter
 def run_filter(ctx: TaskContext) -> None:
     cfg = ctx.cfg.clean
-    files = assign_files(list_inputs(cfg.inputs, cfg.code_extensions), ctx.world_size)[ctx.rank]
+    slices = assign_files(split_inputs(list_inputs(cfg.inputs, cfg.code_extensions), ctx.world_size),
+                          ctx.world_size)[ctx.rank]
     out = _task_dir(ctx, "filter", ctx.rank)
     stats = report.new_stats()
     cleaner = DocumentCleaner(cfg, stats)
@@ -159,10 +170,10 @@ def run_filter(ctx: TaskContext) -> None:
             batch.clear()
 
         pending: list[Document] = []
-        bar = tqdm(files, desc=f"clean/filter {ctx.rank}", unit="file", disable=None)
-        for f in bar:
-            stats["files"] += 1
-            for item in read_file(f, Fields(cfg.text_field, cfg.id_field, cfg.code_field)):
+        bar = tqdm(slices, desc=f"clean/filter {ctx.rank}", unit="file", disable=None)
+        for piece in bar:
+            stats["files"] += piece.start == 0  # a file split into byte ranges counts once
+            for item in read_slice(piece, Fields(cfg.text_field, cfg.id_field, cfg.code_field)):
                 if isinstance(item, Reject):
                     report.count_reject(stats, item)
                     rejects.write({"file": item.source, "line": item.line, "reason": item.reason, "detail": item.detail})
@@ -176,7 +187,7 @@ def run_filter(ctx: TaskContext) -> None:
     stats["normalize"].update(cleaner.normalize.counts)
     stats["pii"].update(cleaner.pii.counts)
     write_json(out / "stats.json", stats)
-    ctx.log.info("clean/filter %d: %d files, kept %d, excluded %d, rejected %d", ctx.rank, len(files),
+    ctx.log.info("clean/filter %d: %d files or ranges, kept %d, excluded %d, rejected %d", ctx.rank, len(slices),
                  kept.count, excluded.count, rejects.count)
 
 

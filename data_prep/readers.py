@@ -1,9 +1,12 @@
 """Raw-document readers: jsonl (plain, .gz, .zst), parquet, plain text and source files.
 
 `list_inputs` expands `clean.inputs` into a sorted, numbered file list (the number is part of every
-document's global key, so it must not depend on the task count); `assign_files` splits it by size
-into tasks; `read_file` yields a `Document` per record and a `Reject` per record it cannot read.
-A reject names its reason, file and line (line 0 = the whole file) and the task goes on.
+document's global key, so it must not depend on the task count); `split_inputs` cuts uncompressed
+jsonl files larger than a task's share into byte ranges, so one big file spreads over many tasks;
+`assign_files` splits files or ranges by size into tasks; `read_file` / `read_slice` yield a
+`Document` per record and a `Reject` per record they cannot read. A reject names its reason, file and
+line (line 0 = the whole file) and the task goes on. Line numbers count from the start of the file
+whatever the range, so keys, ids and rejects do not depend on the task count.
 """
 
 from __future__ import annotations
@@ -96,10 +99,44 @@ def list_inputs(patterns: list[str], code_extensions: list[str]) -> list[InputFi
     return files
 
 
-def assign_files(files: list[InputFile], num_tasks: int) -> list[list[InputFile]]:
-    """Largest file first to the least-loaded task (ties: lowest rank); each task reads in path order."""
+@dataclass(frozen=True)
+class InputSlice:
+    """The records of `file` whose line starts at a byte offset in [start, end); the whole file when end is None."""
+    file: InputFile
+    start: int = 0
+    end: int | None = None
+
+    @property
+    def size(self) -> int:
+        return self.file.size if self.end is None else self.end - self.start
+
+    @property
+    def index(self) -> tuple[int, int]:
+        return self.file.index, self.start
+
+
+SEEKABLE_SUFFIXES = (".jsonl", ".ndjson")  # uncompressed: a task can start reading in the middle
+MIN_SLICE_BYTES = 64 * 1024
+
+
+def split_inputs(files: list[InputFile], num_tasks: int) -> list[InputSlice]:
+    """Whole files, except uncompressed jsonl files larger than a task's share: equal byte ranges."""
+    share = max(sum(f.size for f in files) // num_tasks, MIN_SLICE_BYTES)
+    slices = []
+    for f in files:
+        if f.kind != "jsonl" or not f.path.name.lower().endswith(SEEKABLE_SUFFIXES) or f.size <= share:
+            slices.append(InputSlice(f))
+            continue
+        pieces = -(-f.size // share)
+        bounds = [f.size * i // pieces for i in range(pieces + 1)]
+        slices += [InputSlice(f, a, b) for a, b in zip(bounds, bounds[1:])]
+    return slices
+
+
+def assign_files(files: list, num_tasks: int) -> list[list]:
+    """Largest file (or slice) first to the least-loaded task (ties: lowest rank); each task reads in input order."""
     heap = [(0, rank) for rank in range(num_tasks)]
-    tasks: list[list[InputFile]] = [[] for _ in range(num_tasks)]
+    tasks: list[list] = [[] for _ in range(num_tasks)]
     for f in sorted(files, key=lambda f: (-f.size, f.index)):
         load, rank = heapq.heappop(heap)
         tasks[rank].append(f)
@@ -147,22 +184,58 @@ def _open_lines(path: Path) -> io.BufferedIOBase:
     return open(path, "rb")  # noqa: SIM115 - the caller closes it
 
 
+def read_slice(s: InputSlice, fields: Fields) -> Iterator[Document | Reject]:
+    """`read_file` for a whole file; for a byte range, its records (a range may hold none)."""
+    if s.end is None:
+        yield from read_file(s.file, fields)
+        return
+    try:
+        yield from _parse_jsonl(s.file, _range_lines(s), fields)
+    except OSError as exc:
+        yield Reject("unreadable_file", s.file.source, 0, f"{type(exc).__name__}: {exc}"[:300])
+
+
+def _range_lines(s: InputSlice) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of each line that starts in [s.start, s.end)."""
+    with open(s.file.path, "rb") as fh:
+        line_no = 1
+        if s.start > 0:
+            fh.seek(s.start - 1)
+            fh.readline()  # the end of the line that started before the range: not ours
+            first = fh.tell()
+            fh.seek(0)
+            while fh.tell() < first:  # line numbers count from the start of the file
+                line_no += fh.read(min(1 << 24, first - fh.tell())).count(b"\n")
+        position = fh.tell()
+        while position < s.end:
+            raw = fh.readline()
+            if not raw:
+                return
+            yield line_no, raw
+            line_no += 1
+            position += len(raw)
+
+
 def _read_jsonl(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:
     with _open_lines(f.path) as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue  # a blank line is not a record
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield Reject("invalid_utf8", f.source, line_no, f"byte {exc.start}: {raw[exc.start:exc.start + 4]!r}")
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield Reject("bad_json", f.source, line_no, f"{exc.msg} at column {exc.colno}")
-                continue
-            yield record_to_document(record, f, line_no, fields)
+        yield from _parse_jsonl(f, enumerate(fh, start=1), fields)
+
+
+def _parse_jsonl(f: InputFile, lines: Iterator[tuple[int, bytes]], fields: Fields) -> Iterator[Document | Reject]:
+    for line_no, raw in lines:
+        if not raw.strip():
+            continue  # a blank line is not a record
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield Reject("invalid_utf8", f.source, line_no, f"byte {exc.start}: {raw[exc.start:exc.start + 4]!r}")
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield Reject("bad_json", f.source, line_no, f"{exc.msg} at column {exc.colno}")
+            continue
+        yield record_to_document(record, f, line_no, fields)
 
 
 def _read_parquet(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:

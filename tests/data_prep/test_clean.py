@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from data_prep.clean import STAGE, run_locally, summary
 from data_prep.jsonl import read_jsonl
-from data_prep.synthetic import KEPT_LANGUAGES, write_corpus
+from data_prep.synthetic import KEPT_LANGUAGES, build_corpus, write_corpus
 from pipeline.config import CleanConfig, RunConfig
 
 
@@ -129,3 +130,19 @@ def test_stage_shape():
     cfg = RunConfig()
     cfg.clean.num_tasks = 5
     assert [s.num_tasks(cfg) for s in STAGE.steps] == [5, 5, 1, 5, 1]
+
+
+def test_one_big_file_spreads_over_tasks(tmp_path):
+    """A single uncompressed jsonl file is cut into byte ranges: 4 tasks share it and keep the same ids as 1."""
+    planted = build_corpus(seed=5, docs_per_language=15)
+    records = [r for name, rs in sorted(planted.files.items()) if ".jsonl" in name for r in rs]
+    lines = [json.dumps(r, ensure_ascii=False).encode() for r in records]
+    lines.insert(len(lines) // 2, b"{broken")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "all.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    one, four = clean(tmp_path, tmp_path / "one", 1), clean(tmp_path, tmp_path / "four", 4)
+    assert set(kept(one)) == set(kept(four)) and len(kept(one)) > 0.5 * len(records)
+    assert all(len(np.load(tmp_path / "four" / "work" / "filter" / f"{r:05d}" / "keys.npy")) for r in range(4))
+    assert list(read_jsonl(one / "rejects.jsonl")) == list(read_jsonl(four / "rejects.jsonl"))
+    stats = [json.loads((out / "stats.json").read_text()) for out in (one, four)]
+    assert stats[0]["totals"] == stats[1]["totals"] and stats[0]["files"] == stats[1]["files"] == 1

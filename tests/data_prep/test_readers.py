@@ -1,9 +1,10 @@
-"""Readers: every format, every reject reason with its file and line, task assignment."""
+"""Readers: every format, every reject reason with its file and line, byte ranges of big files, task assignment."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import random
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +13,17 @@ import pytest
 import zstandard
 
 from data_prep.jsonl import JsonlWriter, read_jsonl
-from data_prep.readers import Document, Fields, Reject, assign_files, list_inputs, read_file
+from data_prep.readers import (
+    Document,
+    Fields,
+    InputSlice,
+    Reject,
+    assign_files,
+    list_inputs,
+    read_file,
+    read_slice,
+    split_inputs,
+)
 from pipeline.errors import DataError
 
 RECORDS = [{"id": "a", "text": "first document", "url": "u1"}, {"text": "second, no id"}]
@@ -109,3 +120,22 @@ def test_writer_is_atomic_and_roundtrips(tmp_path):
         with JsonlWriter(tmp_path / name) as w:
             w.write({"text": "é 🙂"})
         assert list(read_jsonl(tmp_path / name)) == [{"text": "é 🙂"}]
+
+
+def test_byte_ranges_read_every_line_once(tmp_path):
+    rng = random.Random(0)
+    lines = [json.dumps({"id": str(i), "text": "é🙂 " * rng.randint(0, 300)}, ensure_ascii=False).encode()
+             for i in range(400)]
+    lines[17], lines[230] = b"{not json", b"   "  # a reject and a blank line keep their numbers
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b"\n".join(lines))  # no final newline
+    (f,) = list_inputs([str(path)], [])
+    whole = list(read_file(f, Fields()))
+    for n in (1, 2, 3, 7, 40):
+        slices = split_inputs([f], n)
+        assert (len(slices) > 1) == (n > 1) and slices[-1].end in (None, f.size)
+        got = [item for s in slices for item in read_slice(s, Fields())]
+        assert got == whole, n
+    cut = lines[0].index(b"\xc3") + 1  # a range that starts inside a multi-byte character
+    first, second = InputSlice(f, 0, cut), InputSlice(f, cut, f.size)
+    assert list(read_slice(first, Fields())) + list(read_slice(second, Fields())) == whole
