@@ -39,8 +39,9 @@ def list_shards(clean_dir: Path) -> list[Path]:
     clean_dir = Path(clean_dir)
     if not clean_dir.is_dir():
         raise DataError(f"{clean_dir} does not exist; run the clean stage first (`graine run clean`)")
+    # Only the parts: rejects.jsonl and summaries beside them are reports, not documents.
     shards = sorted(p for p in clean_dir.iterdir() if p.is_file() and p.name.endswith(SUFFIXES)
-                    and not p.name.startswith("."))
+                    and p.name.startswith("part-"))
     if not shards:
         raise DataError(f"{clean_dir} holds no part-*.jsonl.zst / .jsonl.gz shards; re-run the clean stage")
     return shards

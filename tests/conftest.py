@@ -11,6 +11,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# CPU runs compare losses bit for bit across processes, local jobs and Slurm jobs: every one of them must
+# use the same number of threads (the site profiles export OMP_NUM_THREADS=1 to jobs), on the CPU backend.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 
 # --------------------------------------------------------------------------------------- real Slurm
 @pytest.fixture(scope="session")
