@@ -130,9 +130,9 @@ def char_repetition_ratio(text: str, n: int) -> float:
     if len(cps) < n:
         return 0.0
     # Equal n-grams are runs in the sorted hashes; their lengths are the counts.
-    hashes = np.sort(rolling_hashes(cps, n))
+    hashes = np.sort(rolling_hashes(cps, n), kind="stable")  # measured faster here than the default
     starts = np.flatnonzero(np.concatenate(([True], hashes[1:] != hashes[:-1])))
-    counts = np.sort(np.diff(np.append(starts, len(hashes))))
+    counts = np.sort(np.diff(np.append(starts, len(hashes))), kind="stable")
     top = int(np.sqrt(len(counts)))
     return float(counts[len(counts) - top:].sum() / len(hashes))
 
@@ -148,7 +148,7 @@ def word_repetition_ratio(words: list[str], n: int) -> float:
 
 
 def special_ratio(text: str) -> float:
-    return len(_SPECIAL.findall(text)) / max(len(text.replace(" ", "")), 1)
+    return len(_SPECIAL.findall(text)) / max(len(text) - text.count(" "), 1)
 
 
 def list_ratio(words: list[str], text: str, listed: frozenset[str], lang: str) -> float:
