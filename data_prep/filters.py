@@ -130,9 +130,9 @@ def char_repetition_ratio(text: str, n: int) -> float:
     if len(cps) < n:
         return 0.0
     # Equal n-grams are runs in the sorted hashes; their lengths are the counts.
-    hashes = np.sort(rolling_hashes(cps, n), kind="stable")  # measured faster here than the default
+    hashes = np.sort(rolling_hashes(cps, n))
     starts = np.flatnonzero(np.concatenate(([True], hashes[1:] != hashes[:-1])))
-    counts = np.sort(np.diff(np.append(starts, len(hashes))), kind="stable")
+    counts = np.sort(np.diff(np.append(starts, len(hashes))))
     top = int(np.sqrt(len(counts)))
     return float(counts[len(counts) - top:].sum() / len(hashes))
 
