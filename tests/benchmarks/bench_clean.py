@@ -4,9 +4,9 @@
 
 Prints docs/s and MB/s (of raw input) per core for each step of the stage run as one task, for the
 whole stage, and for the per-document work inside the filter step: normalisation + language id +
-filters + PII + exact hash (the issue's "normalisation + language id + filters + exact dedup"; the
-cross-task grouping of exact hashes is part of the dedup step) and MinHash signatures, then each of
-its parts alone. The per-document figures run on an evenly spread sample of the corpus, `--repeat`
+filters + exact hash (the issue's "normalisation + language id + filters + exact dedup"; the
+cross-task grouping of exact hashes is the dedup step's), the same with PII redaction, MinHash
+signatures, and each part alone. The per-document figures run on an evenly spread sample of the corpus, `--repeat`
 times, and keep the best. Two columns: wall-clock and CPU time of this process; on a shared machine
 the CPU column is the per-core figure (the load average is printed). Not a test: figures for the README.
 """
@@ -14,6 +14,7 @@ the CPU column is the per-core figure (the load average is printed). Not a test:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -78,7 +79,7 @@ def per_document(cfg: CleanConfig, docs: list[Document], repeat: int) -> list[tu
     results = [r for start in range(0, len(docs), BATCH_DOCS) for r in cleaner.batch(docs[start:start + BATCH_DOCS])]
     kept = [(r["text"], lang) for r, lang, reason in results if not reason]
 
-    def clean_all():  # as the filter step does it: batches of BATCH_DOCS, phase by phase
+    def clean_all(cleaner: DocumentCleaner):  # as the filter step does it: batches of BATCH_DOCS, phase by phase
         for start in range(0, len(docs), BATCH_DOCS):
             for record, _, _ in cleaner.batch(docs[start:start + BATCH_DOCS]):
                 exact_hash(record["text"])
@@ -103,7 +104,9 @@ def per_document(cfg: CleanConfig, docs: list[Document], repeat: int) -> list[tu
         ("  PII redaction", len(outputs), lambda: [cleaner.pii(t) for t in outputs]),
         ("  exact hash", len(outputs), lambda: [exact_hash(t) for t in outputs]),
     ]
-    rows = [("normalise+langid+filters+PII+exact hash", len(docs), raw_mb, *best_of(repeat, clean_all))]
+    no_pii = DocumentCleaner(dataclasses.replace(cfg, pii=False), new_stats())
+    rows = [("normalise+langid+filters+exact hash", len(docs), raw_mb, *best_of(repeat, lambda: clean_all(no_pii))),
+            ("normalise+langid+filters+PII+exact hash", len(docs), raw_mb, *best_of(repeat, lambda: clean_all(cleaner)))]
     rows += [(name, n, raw_mb, *best_of(repeat, fn)) for name, n, fn in parts]
     rows.append(("MinHash signatures (of kept text)", len(kept), kept_mb, *best_of(repeat, signatures)))
     return rows
