@@ -23,7 +23,7 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
 fi
 write_conf() {
     local cpus mem
-    cpus="$(nproc)"
+    cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # nproc obeys OMP_NUM_THREADS
     # slurmd refuses a node whose RealMemory exceeds what it finds: declare 90% of MemTotal (MB).
     mem="$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)"
     mkdir -p /etc/slurm "$STATE" "$LOG" "$RUN"
@@ -84,4 +84,4 @@ fi
 cp "$NEW" "$CONF"
 start_munge
 start_slurm
-echo "local slurm running: node $HOST $(node_state), $(nproc) CPUs; logs in $LOG"
+echo "local slurm running: node $HOST $(node_state), $(env -u OMP_NUM_THREADS nproc) CPUs; logs in $LOG"
