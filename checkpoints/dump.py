@@ -100,17 +100,11 @@ def dump(source: Path, out_root: Path, max_shard_gb: float = 2.0, force: bool = 
         info = _write_states(source, universal / "zero", tmp, int(max_shard_gb * 1e9))
         shutil.rmtree(tmp / ".universal", ignore_errors=True)
         (tmp / INFO).write_text(json.dumps(info, indent=1))
-        manifest.write_manifest(tmp, manifest.hash_share(tmp, manifest.list_files(tmp), 0, 1, fsync=True))
-        manifest.fsync_dir(tmp)
+        manifest.seal(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        stale = final.with_name(f".deleting-{final.name}")
-        final.rename(stale)
-        shutil.rmtree(stale)
-    tmp.rename(final)
-    manifest.fsync_dir(out_root)
+    manifest.replace_folder(tmp, final)
     log.info("dumped %d parameters of %s to %s", len(info["parameters"]), source, final)
     return final
 

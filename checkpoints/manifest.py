@@ -7,21 +7,14 @@ the cost of a multi-terabyte checkpoint is shared; the results are gathered by r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
+from pipeline.lineage import sha256_file
+
 MANIFEST = "manifest.json"
-CHUNK = 1 << 22
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fsync_file(path: Path) -> None:
@@ -107,3 +100,21 @@ def verify(folder: Path, full: bool = True) -> str | None:
     if entries is None:
         return why
     return check_entries(folder, entries, full=full)
+
+
+def seal(folder: Path) -> dict:
+    """Write `folder`'s manifest (size and sha256 of every file), all hashed by this one process, fsynced."""
+    entries = hash_share(folder, list_files(folder), 0, 1, fsync=True)
+    write_manifest(folder, entries)
+    fsync_dir(folder)
+    return entries
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Put the complete folder `tmp` in the place of `final`: a reader never sees a partial one."""
+    if final.exists():
+        stale = final.with_name(f".deleting-{final.name}")
+        final.rename(stale)
+        shutil.rmtree(stale)
+    tmp.rename(final)
+    fsync_dir(final.parent)

@@ -101,18 +101,11 @@ def convert(source: Path, workers: int = 0, force: bool = False) -> Path:
         origin = {"source": source.name, "manifest_sha256": manifest_sha256(source),
                   "world_size": saved_world_size(source), "optimizer_files": len(optimizer_files(source))}
         (tmp / SOURCE).write_text(json.dumps(origin, indent=1, sort_keys=True))
-        entries = manifest.hash_share(tmp, manifest.list_files(tmp), 0, 1, fsync=True)
-        manifest.write_manifest(tmp, entries)
-        manifest.fsync_dir(tmp)
+        entries = manifest.seal(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        stale = final.with_name(f".deleting-{final.name}")
-        final.rename(stale)
-        shutil.rmtree(stale)
-    tmp.rename(final)
-    manifest.fsync_dir(final.parent)
+    manifest.replace_folder(tmp, final)
     _write_pointer(final.parent / LATEST_UNIVERSAL, final.name)
     size = sum(e["size"] for e in entries.values())
     log.info("published %s (%d files, %.1f MB)", final, len(entries), size / 1e6)

@@ -12,7 +12,6 @@ visible only once whole; readers check the `.idx` against itself and against the
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import struct
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError
+from pipeline.lineage import sha256_file
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -155,14 +155,6 @@ class IndexedDataset:
             if part.size and (int(part.max()) >= vocab_size or int(part.min()) < 0):
                 raise DataError(f"{self.bin_path} holds token ids outside the tokenizer's vocabulary "
                                 f"(size {vocab_size}): it was built with another tokenizer; {FIX}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def merge_datasets(parts: list[Path], prefix: Path) -> dict:
