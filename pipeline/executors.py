@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -215,12 +215,3 @@ def make_executor(name: str, cfg: RunConfig, folder: Path, wait: bool = False) -
     if name == "slurm":
         return SlurmExecutor(cfg, folder, wait=wait)
     raise ConfigError(f"unknown executor '{name}'; valid executors: {', '.join(EXECUTORS)}")
-
-
-@dataclass
-class Submitted:
-    """What a run submitted, saved for `graine status`."""
-
-    executor: str
-    jobs: dict[str, list[str]] = field(default_factory=dict)  # step -> job ids
-    logs: str = ""

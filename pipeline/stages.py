@@ -29,6 +29,11 @@ def unregister(name: str) -> None:
     _extra.pop(name, None)
 
 
+def registered() -> dict[str, Stage]:
+    """Stages registered at run time; jobs carry them so that a job process sees the same registry."""
+    return dict(_extra)
+
+
 def known() -> list[str]:
     return ORDER + [n for n in _extra if n not in STAGE_MODULES]
 

@@ -25,11 +25,6 @@ from pipeline.lock import release_chain
 from pipeline.stage import Stage, TaskContext
 from pipeline.stages import folder_of
 
-
-def _registered() -> dict[str, Stage]:
-    """Stages registered at run time in the driver (tests' own): a job process must see them too."""
-    return dict(stages._extra)
-
 log = logging.getLogger("graine")
 
 # Results of a training step that ask for the job to be requeued rather than finished.
@@ -95,7 +90,7 @@ class TaskRunner:
     stage: Stage
     step: str
     num_tasks: int
-    registry: dict[str, Stage] = field(default_factory=_registered)
+    registry: dict[str, Stage] = field(default_factory=stages.registered)
 
     def _step(self):
         return next(s for s in self.stage.steps if s.name == self.step)
@@ -186,7 +181,7 @@ class Publisher:
     cfg: dict
     stage: Stage
     release_chain: str = ""
-    registry: dict[str, Stage] = field(default_factory=_registered)
+    registry: dict[str, Stage] = field(default_factory=stages.registered)
 
     def __call__(self) -> str:
         for extra in self.registry.values():
