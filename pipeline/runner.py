@@ -57,8 +57,7 @@ def plan_stage(cfg: RunConfig, stage: Stage, force: bool, upstream_rerun: bool =
         n = 1 if step.kind == "gpu" else step.num_tasks(cfg)
         done = set() if fresh else {r for r in range(n) if paths.marker(step.name, r).exists()}
         tasks[step.name] = [r for r in range(n) if r not in done]
-    reason = "forced" if force else ("upstream re-runs" if upstream_rerun else
-                                     "stale record is replaced" if record else "not complete")
+    reason = "forced" if force else "upstream re-runs" if upstream_rerun else "not complete"
     return Plan(stage, "run", reason, tasks)
 
 
@@ -77,7 +76,7 @@ def _prepare_work(cfg: RunConfig, stage: Stage, plan: Plan) -> None:
                       for s, r in zip(stage.steps, plan.tasks.values()))
     if all_pending and paths.work.exists() and not (stage.publish is False and _work_matches(paths, fp)):
         shutil.rmtree(paths.work)
-    if not stage.publish and plan.reason in ("forced", "stale record is replaced"):
+    if not stage.publish:  # written in place: it is not complete while it runs again
         (paths.published / lineage.RECORD).unlink(missing_ok=True)
     paths.work.mkdir(parents=True, exist_ok=True)
     if not (paths.work / "fingerprint.json").exists():
