@@ -36,11 +36,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"graine: error: {message}\n")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, positional: str = "") -> None:
     p.add_argument("-c", "--config", default=os.environ.get("GRAINE_CONFIG"),
                    help="run configuration (YAML), e.g. configs/demo.yaml")
     # Overrides (key=value) are collected from what argparse leaves over, so they may come anywhere.
-    p.usage = "%(prog)s [options] [key=value ...]"
+    p.usage = f"%(prog)s {positional + ' ' if positional else ''}[-c CONFIG] [options] [key=value ...]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,29 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
     r.add_argument("--dry-run", action="store_true", help="print the resolved config and the jobs; submit nothing")
     r.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs to finish")
-    _common(r)
+    _common(r, "STAGE")
 
     s = sub.add_parser("status", help="state of every stage of a run")
     _common(s)
 
     b = sub.add_parser("sbatch", help="print a standalone sbatch script for a stage")
     b.add_argument("stage")
-    _common(b)
+    _common(b, "STAGE")
 
     t = sub.add_parser("task", help="run one task of a step (used inside sbatch scripts)")
     t.add_argument("stage")
     t.add_argument("step")
     t.add_argument("--rank", type=int, default=None, help="task index; default $SLURM_PROCID or 0")
-    _common(t)
+    _common(t, "STAGE STEP")
 
     pb = sub.add_parser("publish", help="publish a stage whose tasks are all complete")
     pb.add_argument("stage")
-    _common(pb)
+    _common(pb, "STAGE")
 
     ck = sub.add_parser("checkpoint", help="list, convert (universal) or dump checkpoints")
     ck.add_argument("action", choices=["list", "universal", "dump"])
     ck.add_argument("step", nargs="?", help="checkpoint step (universal, dump)")
-    _common(ck)
+    _common(ck, "{list,universal,dump} [STEP]")
     return p
 
 
