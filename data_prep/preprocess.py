@@ -218,8 +218,8 @@ def summary(out: Path) -> str:
     t = blend["totals"]
     top = sorted(blend["datasets"].items(), key=lambda kv: -kv[1]["weight"])[:5]
     weights = ", ".join(f"{n} {d['weight']:.2f}" for n, d in top)
-    return (f"{len(blend['datasets'])} datasets, train {t['train']['tokens'] / 1e6:.2f}M tokens, "
-            f"valid {t['valid']['tokens'] / 1e6:.2f}M; weights {weights}")
+    return (f"{len(blend['datasets'])} datasets, train {t['train']['tokens']:,} tokens, "
+            f"valid {t['valid']['tokens']:,}; weights {weights}")
 
 
 STAGE = Stage(

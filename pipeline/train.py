@@ -79,8 +79,9 @@ def summary(out_dir: Path) -> str:
         lines.append(f"{result['result']} at step {result['step']} ({result['tokens']:,} tokens); the same "
                      "command resumes it")
     if info:
+        loss = f"loss {info['loss']:.4f}, " if isinstance(info.get("loss"), float) else ""
         lines.append(f"latest checkpoint: step {info.get('step')}, {info.get('tokens') or 0:,} tokens, "
-                     f"loss {info.get('loss')}, {info.get('path')}")
+                     f"{loss}{info.get('path')}")
     last = last_metrics(out_dir.parent)
     if last and not (result and result.get("result") == "done"):
         lines.append(f"last metrics: step {last['step']}, loss {last['loss']:.4f}, lr {last['lr']:.3g}, "
