@@ -100,6 +100,10 @@ def dataset_samples(sizes: np.ndarray, seq_len: int, needed: int, seed: int, nam
     return (np.concatenate(orders), np.concatenate(positions)[:needed], np.concatenate(offsets)[:needed], epochs)
 
 
+class EmptySplitError(DataError):
+    """No dataset of the split holds one sample: the split is empty for this sequence length."""
+
+
 class BlendedSampleIndex:
     """`index[g]` is global sample g: (seq_len + 1,) int64 tokens; `len(index)` samples in all."""
 
@@ -149,7 +153,7 @@ class BlendedSampleIndex:
             datasets.append(ds)
             weights.append(float(d["weight"]))
         if not datasets:
-            raise DataError(f"{self.shards_dir}: no {self.split} dataset holds more than seq_len={self.seq_len} "
+            raise EmptySplitError(f"{self.shards_dir}: no {self.split} dataset holds more than seq_len={self.seq_len} "
                             f"tokens; lower train.seq_len or add data and {FIX}")
         return names, datasets, np.array(weights, dtype=np.float64)
 

@@ -110,7 +110,11 @@ def _config(args):
 
     root = str(load_profile(cfg.cluster.profile).get("run_root") or "")
     if root and not cfg.run_dir.startswith(("/", "$", "~")):
-        cfg.run_dir = os.path.expandvars(f"{root.rstrip('/')}/{cfg.run_dir}")
+        cfg.run_dir = f"{root.rstrip('/')}/{cfg.run_dir}"
+    cfg.run_dir = os.path.expanduser(os.path.expandvars(cfg.run_dir))
+    if "$" in cfg.run_dir:
+        raise ConfigError(f"run_dir={cfg.run_dir} names an unset environment variable; set it (e.g. $SCRATCH "
+                          "on Jean Zay) or give run_dir as a path")
     return cfg
 
 

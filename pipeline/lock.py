@@ -92,7 +92,7 @@ class RunLock:
             time.sleep(0.2)
             h = self.holder()
             if h is None:
-                self._take_over("unreadable lock file")
+                self._take_over("unreadable lock file", None)
                 return
         why = self._stale_reason(h)
         if why is None:
@@ -102,7 +102,7 @@ class RunLock:
                 f"pid {h.get('pid')}, Slurm job {h.get('slurm_job_id') or '-'}, submitted jobs {jobs}, since "
                 f"{h.get('since')} ({h.get('command')}). Wait for it, or stop it (scancel) and run again; "
                 f"if you are sure it is dead, delete {self.path}")
-        self._take_over(why)
+        self._take_over(why, h)
 
     def _stale_reason(self, h: dict) -> str | None:
         same_host = h.get("host") == socket.gethostname()
@@ -117,14 +117,25 @@ class RunLock:
             return None  # a process on another host: we cannot see whether it lives
         return f"holder pid {h.get('pid')} on {h.get('host')} is gone and none of its jobs is alive"
 
-    def _take_over(self, why: str) -> None:
+    def _take_over(self, why: str, judged: dict | None) -> None:
         log.warning("taking over a stale lock %s: %s", self.path, why)
         stale = self.path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
         try:
             os.replace(self.path, stale)
-            stale.unlink()
         except FileNotFoundError:
-            pass  # someone else took it over first; the O_EXCL retry decides
+            return  # someone else took it over first; the O_EXCL retry decides
+        try:
+            moved = json.loads(stale.read_text())
+        except (OSError, json.JSONDecodeError):
+            moved = None
+        if moved != judged:
+            # Another pipeline replaced the stale lock with its own between our read and our rename:
+            # give it back (unless a third one holds the name now) and let the O_EXCL retry decide.
+            try:
+                os.link(stale, self.path)
+            except FileExistsError:
+                pass
+        stale.unlink(missing_ok=True)
 
     def record_jobs(self, local_pids: list[int] = (), slurm_jobs: list[str] = ()) -> None:
         """Name the jobs this pipeline started, so a dead driver with live jobs still holds the lock."""

@@ -64,7 +64,7 @@ def downstream(name: str) -> list[str]:
     for other in known():
         try:
             stage = get(other)
-        except Exception:
+        except StageError:  # not implemented yet
             continue
         if name in stage.needs or any(n in out for n in stage.needs):
             out.append(other)

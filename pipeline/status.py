@@ -23,14 +23,17 @@ class StageStatus:
     summary: str = ""
 
 
-def _slurm_states(job_ids: list[str]) -> dict[str, str]:
+def _slurm_states(job_ids: list[str]) -> dict[str, str] | None:
+    """{job id: state} of the jobs squeue still knows; None when squeue cannot answer."""
     if not job_ids:
         return {}
     try:
         out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids}))],
                              capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        return {}
+        return None
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        return None
     states = {}
     for line in out.stdout.splitlines():
         jid, state = line.split()[:2]
@@ -69,8 +72,9 @@ def _from_jobs(cfg: RunConfig, stage, paths: StagePaths, jobs: dict) -> StageSta
     unfinished = {k: j for k, j in by_rank.items() if k[0] != "publish" and not paths.marker(*k).exists()}
     pub = jobs["jobs"].get("publish", {}).get("0")
     if jobs["executor"] == "slurm":
-        states = _slurm_states(list(by_rank.values()))
-        live = {j: s for j, s in states.items()}
+        live = _slurm_states(list(by_rank.values()))
+        if live is None:
+            return StageStatus(stage.name, "unknown", "squeue does not answer: cannot tell whether its jobs run")
         if live:
             state = "running" if "RUNNING" in live.values() else "queued"
             return StageStatus(stage.name, state, "jobs " + ", ".join(f"{j} {s.lower()}" for j, s in live.items()))

@@ -23,7 +23,7 @@ from pipeline.trainer import TrainData, Trainer
 
 def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
     """The train/valid sample indexes over the preprocess stage's shards, and the vocabulary size."""
-    from data_prep.sample_index import BlendedSampleIndex
+    from data_prep.sample_index import BlendedSampleIndex, EmptySplitError
     from data_prep.tokenizer import tokenizer_info
 
     cfg, shards, tokenizer = ctx.cfg, ctx.input_dir("preprocess"), ctx.input_dir("tokenizer")
@@ -35,7 +35,7 @@ def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
                                tokenizer_dir=tokenizer)
     try:
         valid = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="valid")
-    except Exception as exc:  # no validation split (preprocess.validation_fraction=0)
+    except EmptySplitError as exc:  # preprocess.validation_fraction=0, or documents shorter than seq_len
         ctx.log.warning("no validation split (%s): validation loss disabled", exc)
         valid = None
     info = tokenizer_info(tokenizer)

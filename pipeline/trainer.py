@@ -88,7 +88,8 @@ class Trainer:
         ck = self.cfg.checkpoint
         self.checkpointer = Checkpointer(run_dir / "checkpoints", ck.keep_last, ck.keep_every)
         self.metrics = MetricsLogger(run_dir / "logs", self.rank)
-        self.kill_file = Path(self.t.kill_switch_file or run_dir / "KILL")
+        # Relative to the run directory, so every rank on every node looks at the same file.
+        self.kill_file = Path(run_dir) / (self.t.kill_switch_file or "KILL")
         self.valid = validation_batches(data.valid, self.t.eval_iters, self.t.global_batch_size,
                                         self.t.micro_batch_size, self.rank, self.world)
         self.peak = peak_tflops(device_name(), self.t.precision)

@@ -58,3 +58,14 @@ def test_unknown_stage_and_executor_exit_2(tmp_path, capsys):
     assert "valid stages" in capsys.readouterr().err
     assert main(["run", "toy-parts", "-c", str(cfg), "--executor", "cloud"]) == 2
     assert "valid executors: inline, local, slurm" in capsys.readouterr().err
+
+
+def test_run_dir_variables_are_expanded_or_refused(tmp_path, capsys, monkeypatch):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("run_dir: $GRAINE_TEST_ROOT/run\n")
+    monkeypatch.delenv("GRAINE_TEST_ROOT", raising=False)
+    assert main(["run", "toy-parts", "-c", str(cfg), "--dry-run"]) == 2
+    assert "unset environment variable" in capsys.readouterr().err
+    monkeypatch.setenv("GRAINE_TEST_ROOT", str(tmp_path / "scratch"))
+    assert main(["run", "toy-parts", "-c", str(cfg), "--executor", "inline"]) == 0
+    assert (tmp_path / "scratch" / "run" / "toy-parts" / "all.txt").exists()

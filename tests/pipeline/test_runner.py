@@ -224,3 +224,12 @@ def test_kill_driver_only_its_live_tasks_keep_the_lock_then_rerun_finishes(tmp_p
     runner.run(cfg, ["toy-parts"], executor="local")
     runner.run(load_config(None, [f"run_dir={tmp_path / 'ref'}", "clean.num_tasks=6"]), ["toy-parts"], executor="inline")
     assert (run / "toy-parts" / "all.txt").read_bytes() == (tmp_path / "ref" / "toy-parts" / "all.txt").read_bytes()
+
+
+def test_take_over_gives_back_a_lock_that_changed_under_it(tmp_path):
+    # Another pipeline took the stale lock over between our read and our rename: its lock must survive.
+    fresh = {"host": "elsewhere", "pid": 1, "chain": "fresh"}
+    (tmp_path / ".graine.lock").write_text(json.dumps(fresh))
+    RunLock(tmp_path)._take_over("test", judged={"host": "elsewhere", "pid": 2, "chain": "stale"})
+    assert json.loads((tmp_path / ".graine.lock").read_text()) == fresh
+    assert [p.name for p in tmp_path.iterdir()] == [".graine.lock"]
