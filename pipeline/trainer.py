@@ -36,6 +36,7 @@ from pipeline.errors import StageError
 from pipeline.metrics import MetricsLogger, Throughput, device_name, memory_gb, peak_tflops
 from pipeline.schedule import BatchRampup, LRSchedule
 from pipeline.stage import TaskContext
+from pipeline.task import write_atomic
 
 log = logging.getLogger("graine.train")
 
@@ -94,6 +95,7 @@ class Trainer:
                                         self.t.micro_batch_size, self.rank, self.world)
         self.peak = peak_tflops(device_name(), self.t.precision)
         self.step, self.last_saved, self.skipped, self.consecutive_skips = 0, -1, 0, 0
+        self.entropy: float | None = None  # of the training tokens, measured by rank 0 in fit()
         self.last_loss: float | None = None
         self.last_rates: dict = {}
         self.nan_steps = {int(s) for s in os.environ.get(NAN_HOOK, "").split(",") if s}
@@ -122,7 +124,8 @@ class Trainer:
     def fit(self) -> str:
         self.resume()
         if self.rank == 0:
-            log.info("unigram entropy of the training tokens: %.4f nats", unigram_entropy(self.data.train))
+            self.entropy = unigram_entropy(self.data.train)
+            log.info("unigram entropy of the training tokens: %.4f nats", self.entropy)
         throughput = Throughput()
         interval_losses: list[float] = []
         while True:
@@ -284,8 +287,9 @@ class Trainer:
         out = self.ctx.out_dir
         out.mkdir(parents=True, exist_ok=True)
         result = {"result": reason, "step": self.step, "tokens": self.consumed_tokens, "loss": self.last_loss,
-                  "skipped_steps": self.skipped, "unigram_entropy": unigram_entropy(self.data.train)}
-        (out / "result.json").write_text(json.dumps(result, indent=1))
+                  "skipped_steps": self.skipped, "unigram_entropy": self.entropy}
+        # Atomic: `graine status` may read it at any moment.
+        write_atomic(out / "result.json", json.dumps(result, indent=1))
 
     # ---------------------------------------------------------------------------------- close
     def close(self) -> None:
@@ -315,15 +319,9 @@ def changed_data_keys(saved_config: Path, current: dict) -> str:
     return ("changed since the checkpoint: " + ", ".join(changed)) if changed else ""
 
 
-_ENTROPY_CACHE: dict[int, float] = {}
-
-
 def unigram_entropy(index: SampleIndex, max_samples: int = 2000) -> float:
     """Entropy (nats) of the token distribution of the first samples: the loss a unigram model gets."""
-    key = id(index)
-    if key not in _ENTROPY_CACHE:
-        n = min(len(index), max_samples)
-        counts = np.bincount(np.concatenate([index[i][:-1] for i in range(n)]))
-        p = counts[counts > 0] / counts.sum()
-        _ENTROPY_CACHE[key] = float(-(p * np.log(p)).sum())
-    return _ENTROPY_CACHE[key]
+    n = min(len(index), max_samples)
+    counts = np.bincount(np.concatenate([index[i][:-1] for i in range(n)]))
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
