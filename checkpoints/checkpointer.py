@@ -192,12 +192,8 @@ class Checkpointer:
     def _publish(self, tmp: Path, final: Path, entries: dict) -> None:
         manifest.write_manifest(tmp, entries)
         manifest.fsync_dir(tmp)
-        if final.exists():  # an older save of the same step (damaged, or before a fallback)
-            stale = final.with_name(f".deleting-{final.name}")
-            final.rename(stale)
-            shutil.rmtree(stale)
-        tmp.rename(final)
-        manifest.fsync_dir(self.dir)
+        # An older save of the same step (damaged, or before a fallback) is replaced whole.
+        manifest.replace_folder(tmp, final)
         why = manifest.verify(final, full=False)
         if why:
             raise CheckpointError(f"{final} does not match its manifest after publication: {why}")

@@ -236,7 +236,7 @@ def cmd_publish(args) -> int:
     stage = stages.get(args.stage)
     paths = StagePaths(cfg.run_path, stage.name)
     for step in stage.steps:
-        n = 1 if step.kind == "gpu" else step.num_tasks(cfg)
+        n = step.count(cfg)
         missing = [r for r in range(n) if not paths.marker(step.name, r).exists()]
         if missing:
             raise GraineError(f"{stage.name}/{step.name}: tasks {missing[:10]} are not complete; run them first")

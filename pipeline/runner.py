@@ -54,7 +54,7 @@ def plan_stage(cfg: RunConfig, stage: Stage, force: bool, upstream_rerun: bool =
     fresh = force or upstream_rerun or not _work_matches(paths, fp)
     tasks = {}
     for step in stage.steps:
-        n = 1 if step.kind == "gpu" else step.num_tasks(cfg)
+        n = step.count(cfg)
         done = set() if fresh else {r for r in range(n) if paths.marker(step.name, r).exists()}
         tasks[step.name] = [r for r in range(n) if r not in done]
     reason = "forced" if force else "upstream re-runs" if upstream_rerun else "not complete"
@@ -72,7 +72,7 @@ def _prepare_work(cfg: RunConfig, stage: Stage, plan: Plan) -> None:
     """Start from a clean work folder unless the previous attempt had the same inputs and config."""
     paths = StagePaths(Path(cfg.run_dir), stage.name)
     fp = lineage.fingerprint(cfg, stage)
-    all_pending = all(len(r) == (1 if s.kind == "gpu" else s.num_tasks(cfg))
+    all_pending = all(len(r) == s.count(cfg)
                       for s, r in zip(stage.steps, plan.tasks.values()))
     if all_pending and paths.work.exists() and not (stage.publish is False and _work_matches(paths, fp)):
         shutil.rmtree(paths.work)
@@ -149,7 +149,7 @@ def _run_stage(cfg: RunConfig, stage: Stage, plan: Plan, ex: Executor, after: li
         if not ranks:
             log.info("%s/%s: all tasks already complete", stage.name, step.name)
             continue
-        n = 1 if step.kind == "gpu" else step.num_tasks(cfg)
+        n = step.count(cfg)
         runner = TaskRunner(cfg_dict, stage, step.name, n)
         if len(ranks) < n:
             log.info("%s/%s: %d of %d tasks left to run", stage.name, step.name, len(ranks), n)

@@ -30,6 +30,10 @@ class Step:
     # train.num_nodes x train.devices_per_node processes, every one calling run(ctx).
     kind: Literal["cpu", "gpu"] = "cpu"
 
+    def count(self, cfg: RunConfig) -> int:
+        """Tasks the orchestrator tracks: one per array element, one for a whole distributed job."""
+        return 1 if self.kind == "gpu" else self.num_tasks(cfg)
+
 
 @dataclass(frozen=True)
 class Stage:
