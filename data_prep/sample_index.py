@@ -8,9 +8,11 @@ its weight (Tijdeman's rule, `blend_order`), so every prefix holds each dataset'
 sample and any window to within two (measured: under 1.75).
 
 Per-dataset work is vectorised numpy (no Python loop over documents or samples); the blend order is
-one short loop per sample. Everything is cached in
-`shards/index-cache/` under a fingerprint of the settings and of the shards' hashes from blend.json;
-a change of either builds a new index. Global batch g is samples [g·B, (g+1)·B) of this order.
+one short loop per sample. Everything is cached in `shards/index-cache/<name>/` (one .npy file per
+array, published by one rename of the folder, mapped read-only) under a fingerprint of the settings and
+of the shards' hashes from blend.json; a change of either builds a new index. In a training job rank 0
+builds it and the other ranks map it once it is published (pipeline.train.build_data).
+Global batch g is samples [g·B, (g+1)·B) of this order.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import socket
 import zlib
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from pipeline.errors import DataError
 log = logging.getLogger("graine.sample_index")
 
 INDEX_VERSION = 1
+COMPLETE = "arrays.json"  # written last in a cache folder: the names of its arrays
 FIX = "re-run `graine run preprocess`"
 
 
@@ -117,9 +122,10 @@ class BlendedSampleIndex:
         per_epoch = [(d.num_tokens - 1) // seq_len for d in self.datasets]
         self.num_samples = int(num_samples if num_samples is not None else sum(per_epoch))
         self.fingerprint = self._fingerprint(blend)
-        path = self.shards_dir / "index-cache" / f"{split}-L{seq_len}-N{self.num_samples}-{self.fingerprint}.npz"
-        if cache and path.is_file():
-            arrays = dict(np.load(path, allow_pickle=False))
+        path = self.shards_dir / "index-cache" / f"{split}-L{seq_len}-N{self.num_samples}-{self.fingerprint}"
+        self.cache_path = path if cache else None
+        if cache and (path / COMPLETE).is_file():
+            arrays = self._load(path)
         else:
             for d in self.datasets:
                 d.check_ids(int(blend["vocab_size"]))
@@ -183,13 +189,30 @@ class BlendedSampleIndex:
 
     @staticmethod
     def _save(path: Path, arrays: dict) -> None:
-        # Several ranks may build at once: each writes its own temporary file and the rename is atomic;
-        # the contents are identical, so whichever lands last is as good as the first.
+        # A folder written under a name unique to this process (host and pid: jobs on several nodes may
+        # share the filesystem), then renamed: readers see the whole index or none. If another process
+        # published the same index first, its copy is as good (same contents) and this one is dropped.
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name, array in arrays.items():
+            with open(tmp / f"{name}.npy", "wb") as f:
+                np.save(f, array, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+        (tmp / COMPLETE).write_text(json.dumps(sorted(arrays)))
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not (path / COMPLETE).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, np.ndarray]:
+        names = json.loads((path / COMPLETE).read_text())
+        return {name: np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in names}
 
     def _unpack(self, arrays: dict) -> None:
         self.ds_index, self.ds_sample = arrays["ds_index"], arrays["ds_sample"]

@@ -126,12 +126,7 @@ def cmd_run(args) -> int:
         raise ConfigError(f"--executor {args.executor} is unknown; valid executors: {', '.join(EXECUTORS)}")
     cfg = _config(args)
     targets = runner.resolve([args.stage])
-    if args.executor == "slurm":
-        from pipeline.slurm import job_for
-
-        for stage in targets:  # profile and Slurm keys are checked before anything is submitted
-            for step in stage.steps:
-                job_for(cfg, step.kind, step.num_tasks(cfg))
+    runner.preflight(cfg, targets, args.executor)  # dry run or not: a bad config exits 2 here
     if args.dry_run:
         print(dry_run(cfg, targets, args.executor, args.force))
         return 0
@@ -181,9 +176,11 @@ def cmd_status(args) -> int:
 
 
 def cmd_sbatch(args) -> int:
+    from pipeline.runner import preflight
     from pipeline.slurm import render_sbatch
 
     cfg = _config(args)
+    preflight(cfg, [stages.get(args.stage)], "slurm")
     print(render_sbatch(cfg, stages.get(args.stage), args.config, args.overrides))
     return 0
 

@@ -171,6 +171,8 @@ class TrainConfig:
     exit_duration_min: float = param(0.0, ge=0.0, help="save and stop after this many minutes of wall clock; 0 disables")
     kill_switch_file: str = param("", help="save and stop when this file appears (default: <run_dir>/KILL)")
     max_skipped_steps: int = param(5, ge=1, help="consecutive non-finite steps that stop the run")
+    dist_timeout_min: float = param(30.0, gt=0.0, help="minutes a collective may wait for a peer before the job "
+                                    "fails (a checkpoint save on a slow filesystem must fit in it)")
 
 
 @dataclass(kw_only=True)

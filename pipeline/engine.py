@@ -51,13 +51,19 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def deepspeed_config(t: TrainConfig, world_size: int, global_batch_size: int) -> dict:
-    """DeepSpeed's JSON config for the first global batch (the ramp-up changes accumulation later)."""
-    if t.precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed refuses fp16 on CPU); use fp32 or bf16")
-    if t.optimizer == "cpu_adam" and torch.cuda.is_available() and t.zero_stage == 0:
+def check_devices(t: TrainConfig, gpus: bool) -> None:
+    """Precision and optimizer against the devices the job gets; checked before submission and in the job."""
+    if t.precision == "fp16" and not gpus:
+        raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed refuses fp16 on CPU); use fp32 or bf16, "
+                          "or a GPU profile (cluster.profile)")
+    if t.optimizer == "cpu_adam" and gpus and t.zero_stage == 0:
         raise ConfigError("train.optimizer=cpu_adam on GPU offloads the optimizer, which needs "
                           "train.zero_stage >= 1; raise train.zero_stage or use adamw")
+
+
+def deepspeed_config(t: TrainConfig, world_size: int, global_batch_size: int) -> dict:
+    """DeepSpeed's JSON config for the first global batch (the ramp-up changes accumulation later)."""
+    check_devices(t, torch.cuda.is_available())
     zero: dict = {"stage": t.zero_stage}
     if t.optimizer == "cpu_adam" and torch.cuda.is_available():
         zero["offload_optimizer"] = {"device": "cpu"}

@@ -178,6 +178,10 @@ class SlurmExecutor(Executor):
         if deps:
             extra["dependency"] = "afterok:" + ":".join(deps)
             extra["kill_on_invalid_dep"] = "yes"
+        if kind != "cpu":
+            from pipeline.slurm import TRAIN_SRUN_ARGS
+
+            params["srun_args"] = [*TRAIN_SRUN_ARGS, *(params.get("srun_args") or [])]
         ex.update_parameters(**params, setup=setup, additional_parameters=extra, job_name=f"graine-{name}")
         return ex
 

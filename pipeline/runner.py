@@ -91,10 +91,38 @@ def resolve(names: list[str]) -> list[Stage]:
     return sorted(found, key=lambda s: order.index(s.name))
 
 
+def job_shape(cfg: RunConfig, executor: str) -> tuple[int, bool]:
+    """(ranks, GPUs or not) of a training job on this executor."""
+    if executor == "slurm":
+        from pipeline.slurm import job_for
+
+        job = job_for(cfg, "gpu")
+        return job.params["nodes"] * job.params["ntasks_per_node"], job.gpus_per_node > 0
+    import torch
+
+    ranks = 1 if executor == "inline" else cfg.train.num_nodes * cfg.train.devices_per_node
+    return ranks, torch.cuda.is_available()
+
+
+def preflight(cfg: RunConfig, targets: list[Stage], executor: str) -> None:
+    """Every check that can be made before a job is submitted: the Slurm resources of each step, then
+    each stage's own checks against its job's shape (batch divisibility, precision on the devices...).
+    Raises ConfigError, so a bad config exits 2 before anything waits in a queue."""
+    for stage in targets:
+        for step in stage.steps:
+            if executor == "slurm":
+                from pipeline.slurm import job_for
+
+                job_for(cfg, step.kind, step.num_tasks(cfg))
+            if step.kind == "gpu" and stage.check is not None:
+                stage.check(cfg, *job_shape(cfg, executor))
+
+
 def run(cfg: RunConfig, names: list[str], executor: str = "local", force: bool = False,
         wait: bool = False, command: str = "") -> list[Plan]:
     """Run (or, on Slurm, queue) the named stages in order. Returns the plans that were carried out."""
     targets = resolve(names)
+    preflight(cfg, targets, executor)
     lock = RunLock(Path(cfg.run_dir), command)
     with lock:
         ex = make_executor(executor, cfg, Path(cfg.run_dir) / "logs" / "jobs", wait=wait)

@@ -90,4 +90,5 @@ class BatchRampup:
                 raise ConfigError(
                     f"a global batch of {size} samples does not split into micro-batches of "
                     f"train.micro_batch_size={micro_batch_size} on {world_size} ranks; make {key} "
-                    f"a multiple of {unit} (micro_batch_size x devices_per_node x num_nodes)")
+                    f"a multiple of {unit} (micro_batch_size x ranks per node x train.num_nodes; on a GPU "
+                    "profile the ranks per node are its GPUs per node, else train.devices_per_node)")

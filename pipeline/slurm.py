@@ -37,6 +37,18 @@ PROFILE_DIR = ROOT / "slurm" / "profiles"
 EXAMPLE_DIR = ROOT / "slurm" / "examples"
 REFRESH_COMMAND = ".venv/bin/python -m pipeline.slurm --refresh-examples"
 
+# Every job's tasks use the CPUs the job was given: srun >= 22.05 no longer passes --cpus-per-task on to
+# its steps (SRUN_CPUS_PER_TASK does), and thread pools (torch/OpenMP, numpy's BLAS, tokenizers' rayon)
+# size themselves from these variables, not from the node's core count. A profile's or config's `env`
+# comes after, so it can still set OMP_NUM_THREADS itself.
+CPU_LINES = [
+    '[ -z "${SLURM_CPUS_PER_TASK:-}" ] || export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"',
+    'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}" RAYON_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+]
+# srun's arguments for training steps: a rank that exits with an error kills the step, and when one
+# rank ends the others get 60 s to end too; the job then fails instead of waiting for a dead peer.
+TRAIN_SRUN_ARGS = ("--kill-on-bad-exit=1", "--wait=60")
+
 # Keys graine reads beside submitit's own parameters in a profile's or a config's job section.
 GRAINE_KEYS = ("env",)
 # A dev run is a short GPU run: it takes cluster.gpu overrides except these, which make it "short".
@@ -135,7 +147,7 @@ def job_for(cfg: RunConfig, kind: Kind, num_tasks: int = 1) -> SlurmJob:
     _apply_account(cfg, profile, params, kind)
     _apply_shape(cfg, profile, params, kind, num_tasks)
     params["time"] = _minutes(params.get("time"), f"cluster.{_section(kind)}.time")
-    params["setup"] = list(params.get("setup") or []) + [f"export {k}={_shell_value(v)}" for k, v in env.items()]
+    params["setup"] = list(params.get("setup") or []) + CPU_LINES + [f"export {k}={_shell_value(v)}" for k, v in env.items()]
     _check_gpu_rules(cfg, profile, params, kind)
     total = num_tasks if kind == "cpu" else params["nodes"] * params["ntasks_per_node"]
     return SlurmJob(params=params, env=env, run_root=str(profile.get("run_root") or ""),
@@ -341,10 +353,11 @@ def _cpu_body(cfg: RunConfig, stage: Stage, args: list[str]) -> list[str]:
 def _gpu_body(stage: Stage, job: SlurmJob, args: list[str]) -> list[str]:
     lines = [
         "",
-        "# torch.distributed from Slurm: rank = SLURM_PROCID, local rank = SLURM_LOCALID,",
-        "# world size = SLURM_NTASKS; rank 0's node is the rendezvous.",
-        'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-        "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        "# torch.distributed from Slurm, inside each task (graine.distributed): rank = SLURM_PROCID, local",
+        "# rank = SLURM_LOCALID, world size = SLURM_NTASKS, rendezvous on the first node of the job at port",
+        "# 20000 + job id % 20000 (the same after a requeue). Export MASTER_ADDR/MASTER_PORT here to override.",
+        "# A rank that fails ends the step (--kill-on-bad-exit); when one rank ends, the others get 60 s",
+        "# (--wait); a rank stuck on a dead peer fails after train.dist_timeout_min.",
         "",
         "# Long runs outlive the walltime; chain jobs in one of two ways:",
         "#  1. requeue (this script): USR1 arrives before the walltime, the training saves a checkpoint and",
@@ -363,7 +376,7 @@ def _gpu_body(stage: Stage, job: SlurmJob, args: list[str]) -> list[str]:
     ]
     for step in stage.steps:
         lines += ["", f"# step {step.name}: one task per {'GPU' if job.gpus_per_node else 'process'}",
-                  f"srun --kill-on-bad-exit=1 {_task(stage, step, args)} &",
+                  f"srun {' '.join(TRAIN_SRUN_ARGS)} {_task(stage, step, args)} &",
                   "SRUN_PID=$!",
                   "# The trap interrupts `wait`: wait again until srun itself has exited.",
                   'rc=0; while :; do wait "$SRUN_PID" && rc=0 || rc=$?; kill -0 "$SRUN_PID" 2>/dev/null || break; done',

@@ -50,6 +50,9 @@ class Stage:
     external_inputs: Callable[[RunConfig], list[Path]] | None = None
     # The folder under the run directory it publishes; default the stage's name (preprocess: shards).
     output: str = ""
+    # Checks of the config against the job's shape, run before anything is submitted:
+    # check(cfg, world_size, gpus) raises ConfigError (world_size: ranks of a gpu step).
+    check: Callable[[RunConfig, int, bool], None] | None = None
 
     @property
     def folder(self) -> str:

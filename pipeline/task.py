@@ -119,8 +119,10 @@ class TaskRunner:
         return "done"
 
     def _run_distributed(self) -> str:
-        _export_distributed_env()
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        from pipeline.distributed import export_launch_env
+
+        launch = export_launch_env()
+        rank, world = launch.rank, launch.world_size
         setup_logging(rank)
         cfg: RunConfig = build(RunConfig, self.cfg, "")
         paths = StagePaths(Path(cfg.run_dir), self.stage.name)
@@ -153,25 +155,6 @@ def _hard_exit() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-def _export_distributed_env() -> None:
-    """RANK, WORLD_SIZE, MASTER_ADDR... from submitit's or Slurm's environment, unless already set."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
-        return
-    if os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SLURM_JOB_ID"):
-        import submitit
-
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        return
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 
 from pipeline import lineage
 from pipeline.config import RunConfig
+from pipeline.distributed import init_process_group, launch_env, rank_zero_first
 from pipeline.engine import ensure_cpu_accelerator
 from pipeline.stage import Stage, Step, TaskContext
 from pipeline.trainer import TrainData, Trainer
@@ -31,13 +32,15 @@ def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
     # its own epochs as its weight asks. The index's prefix does not depend on this length, so raising
     # train.train_tokens later extends the same order and a resume stays valid.
     needed = -(-cfg.train.train_tokens // cfg.train.seq_len) + cfg.train.global_batch_size
-    train = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="train", num_samples=needed,
-                               tokenizer_dir=tokenizer)
-    try:
-        valid = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="valid")
-    except EmptySplitError as exc:  # preprocess.validation_fraction=0, or documents shorter than seq_len
-        ctx.log.warning("no validation split (%s): validation loss disabled", exc)
-        valid = None
+    # Rank 0 builds and publishes the cached indexes; the other ranks then map them read-only.
+    with rank_zero_first("building the sample index"):
+        train = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="train", num_samples=needed,
+                                   tokenizer_dir=tokenizer)
+        try:
+            valid = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="valid")
+        except EmptySplitError as exc:  # preprocess.validation_fraction=0, or documents shorter than seq_len
+            ctx.log.warning("no validation split (%s): validation loss disabled", exc)
+            valid = None
     info = tokenizer_info(tokenizer)
     hashes = {name: (lineage.read_record(ctx.input_dir(name)) or {}).get("output_hash")
               for name in ("tokenizer", "preprocess")}
@@ -53,6 +56,8 @@ def build_model(cfg: RunConfig, vocab_size: int) -> torch.nn.Module:
 
 def train_step(ctx: TaskContext) -> str:
     ensure_cpu_accelerator()
+    # The process group exists before the data and DeepSpeed: DeepSpeed adopts it as it is.
+    init_process_group(launch_env(), ctx.cfg.train.dist_timeout_min)
     data, vocab_size = build_data(ctx)
     trainer = Trainer(ctx, build_model(ctx.cfg, vocab_size), data)
     try:
@@ -90,6 +95,16 @@ def summary(out_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def check(cfg: RunConfig, world_size: int, gpus: bool) -> None:
+    """What would fail the job at start-up, for a job of `world_size` ranks with or without GPUs;
+    the runner calls it before anything is submitted (ConfigError names the key and the fix)."""
+    from pipeline.engine import check_devices
+    from pipeline.schedule import BatchRampup
+
+    BatchRampup.from_config(cfg.train).check_divisible(cfg.train.micro_batch_size, world_size)
+    check_devices(cfg.train, gpus)
+
+
 STAGE = Stage(
     name="pretrain",
     needs=("preprocess", "tokenizer"),
@@ -98,4 +113,5 @@ STAGE = Stage(
     description="BLOOM-style pretraining with DeepSpeed ZeRO; resumes from its latest valid checkpoint",
     publish=False,
     summary=summary,
+    check=check,
 )

@@ -1,8 +1,13 @@
 """The pretraining loop: resume, train steps, metrics, evaluation, checkpoints, and clean stops.
 
 Every rank runs the same loop. Decisions that must be unanimous (stop on a signal, a time budget or
-the kill switch; skip a step whose loss or gradient is not finite) are taken from all-reduced values
-at step boundaries, so ranks never disagree about what happens next.
+the kill switch; skip a step whose gradient is not finite) are taken from all-reduced values at step
+boundaries, so ranks never disagree about what happens next.
+
+Where reductions run: the stop flags are host values and go through the group's CPU backend (gloo),
+with no device sync; losses stay on the device (all-reduced there, NCCL on GPUs) and are read to the
+host once per log interval, at a checkpoint and at the end. So a step costs no host sync of its own
+beyond what DeepSpeed's optimizer does.
 
 Results of `Trainer.fit()`:
     "done"         the run reached train.train_tokens (checkpoint saved)
@@ -96,10 +101,15 @@ class Trainer:
         self.peak = peak_tflops(device_name(), self.t.precision)
         self.step, self.last_saved, self.skipped, self.consecutive_skips = 0, -1, 0, 0
         self.entropy: float | None = None  # of the training tokens, measured by rank 0 in fit()
-        self.last_loss: float | None = None
+        self._last_loss: torch.Tensor | float | None = None  # on the device until read
         self.last_rates: dict = {}
         self.nan_steps = {int(s) for s in os.environ.get(NAN_HOOK, "").split(",") if s}
         self.delay = float(os.environ.get(DELAY_HOOK, "0") or 0)
+
+    @property
+    def last_loss(self) -> float | None:
+        """The mean loss of the last applied step (read from the device on demand)."""
+        return None if self._last_loss is None else float(self._last_loss)
 
     @property
     def consumed_tokens(self) -> int:
@@ -116,7 +126,7 @@ class Trainer:
                                     override_hint=hint)
         self.step = self.last_saved = int(state["step"])
         self.skipped = int(state.get("skipped_steps", 0))
-        self.last_loss = state.get("loss")
+        self._last_loss = state.get("loss")
         log.info("resumed from %s: step %d, %d samples, %d tokens", state["path"], self.step,
                  self.loader.consumed_samples, self.consumed_tokens)
 
@@ -127,7 +137,7 @@ class Trainer:
             self.entropy = unigram_entropy(self.data.train)
             log.info("unigram entropy of the training tokens: %.4f nats", self.entropy)
         throughput = Throughput()
-        interval_losses: list[float] = []
+        interval_losses: list[torch.Tensor] = []
         while True:
             reason = self.stop_reason()
             if reason:
@@ -138,7 +148,7 @@ class Trainer:
             throughput.add(batch, batch * self.t.seq_len)
             if not skipped:
                 interval_losses.append(loss)
-                self.last_loss = loss
+                self._last_loss = loss
             if self.step % self.t.log_interval == 0:
                 self.log_metrics(interval_losses, grad_norm, lr, throughput)
                 interval_losses = []
@@ -161,8 +171,9 @@ class Trainer:
         if self.consumed_tokens >= self.t.train_tokens:
             return "done"
         over_time = self.t.exit_duration_min and time.monotonic() - self.started >= self.t.exit_duration_min * 60
+        # A host tensor: reduced by the group's CPU backend, without waiting for the device.
         flags = torch.tensor([float(self.stop.signum != 0), float(bool(over_time)),
-                              float(self.kill_file.exists())])
+                              float(self.kill_file.exists())], device="cpu")
         if self.world > 1:
             dist.all_reduce(flags)
         if flags[0]:
@@ -176,8 +187,8 @@ class Trainer:
             return "stopped"
         return None
 
-    def train_step(self) -> tuple[float, float | None, float, bool]:
-        """One optimizer step over a global batch: (mean loss, grad norm, lr, skipped)."""
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor | float | None, float, bool]:
+        """One optimizer step over a global batch: (mean loss on the device, grad norm, lr, skipped)."""
         # -- data and schedules: the batch size follows the ramp-up, the LR the tokens consumed
         global_batch = self.loader.global_batch_size()
         if global_batch != self.engine.train_batch_size():
@@ -188,27 +199,29 @@ class Trainer:
 
         # -- forward and backward of each micro-batch; DeepSpeed steps at the last one
         self.engine.train()
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        device = self.engine.device
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for i, (input_ids, labels) in enumerate(micro_batches):
-            loss = self.engine(input_ids.to(self.engine.device), labels=labels.to(self.engine.device))
+            loss = self.engine(input_ids.to(device), labels=labels.to(device))
             if self.rank == 0 and self.step + 1 in self.nan_steps:
                 loss = loss * float("nan")
             self.engine.backward(loss)
-            loss_sum += loss.detach().double().cpu()
+            loss_sum += loss.detach().double()
             if i == len(micro_batches) - 1:
                 grad_norm = self._guard_zero0_grads()
             self.engine.step()
 
-        # -- agree on the loss; a non-finite loss or gradient means DeepSpeed skipped the update
-        totals = torch.stack([loss_sum, torch.tensor(float(len(micro_batches)), dtype=torch.float64)])
+        # -- the mean loss over all ranks, kept on the device. A non-finite loss makes a non-finite
+        # gradient: DeepSpeed's ZeRO optimizer then skips the update (was_step_applied), and without
+        # ZeRO _guard_zero0_grads drops it; every rank sees the same reduced gradient norm.
+        totals = torch.stack([loss_sum, torch.full((), float(len(micro_batches)), dtype=torch.float64, device=device)])
         if self.world > 1:
             dist.all_reduce(totals)
-        loss = (totals[0] / totals[1]).item()
+        loss = totals[0] / totals[1]
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
-        grad_norm = float(grad_norm) if grad_norm is not None else None
-        skipped = (not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm))
-                   or not self.engine.was_step_applied())
+        skipped = not self.engine.was_step_applied() or (
+            isinstance(grad_norm, float) and not math.isfinite(grad_norm))
         self._count_skip(skipped, loss, grad_norm)
         return loss, grad_norm, lr, skipped
 
@@ -227,14 +240,14 @@ class Trainer:
                 p.grad = None
         return norm
 
-    def _count_skip(self, skipped: bool, loss: float, grad_norm: float | None) -> None:
+    def _count_skip(self, skipped: bool, loss: torch.Tensor, grad_norm) -> None:
         if not skipped:
             self.consecutive_skips = 0
             return
         self.skipped += 1
         self.consecutive_skips += 1
-        log.warning("step %d skipped: loss %s, grad norm %s (%d in a row, %d in all)", self.step + 1, loss,
-                    grad_norm, self.consecutive_skips, self.skipped)
+        log.warning("step %d skipped: loss %s, grad norm %s (%d in a row, %d in all)", self.step + 1,
+                    float(loss), _to_float(grad_norm), self.consecutive_skips, self.skipped)
         if self.consecutive_skips >= self.t.max_skipped_steps:
             latest = read_latest(self.checkpointer.dir)
             where = f"{self.checkpointer.dir / latest}" if latest else "none (no checkpoint was saved yet)"
@@ -245,10 +258,12 @@ class Trainer:
                 "checkpoints away if needed, and run again to resume from it")
 
     # ------------------------------------------------------------------------- metrics and eval
-    def log_metrics(self, losses: list[float], grad_norm: float | None, lr: float, throughput: Throughput) -> None:
+    def log_metrics(self, losses: list[torch.Tensor], grad_norm, lr: float, throughput: Throughput) -> None:
+        host = torch.stack(losses).tolist() if losses else []  # the interval's one read of the device
         rates = throughput.rates(self.world, self.flops_per_token, self.peak)
         self.last_rates = rates
-        values = {"loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr,
+        grad_norm = _to_float(grad_norm)
+        values = {"loss": float(np.mean(host)) if host else float("nan"), "lr": lr,
                   "grad_norm": grad_norm if grad_norm is not None else float("nan"),
                   "global_batch": self.loader.global_batch_size(), "tokens": self.consumed_tokens,
                   "skipped": self.skipped, **rates, "mem_gb": memory_gb()}
@@ -259,10 +274,12 @@ class Trainer:
         if not self.valid:
             return None
         self.engine.eval()
-        total = torch.zeros(2, dtype=torch.float64)
+        device = self.engine.device
+        total = torch.zeros(2, dtype=torch.float64, device=device)
+        one = torch.ones((), dtype=torch.float64, device=device)
         for input_ids, labels in self.valid:
-            loss = self.engine(input_ids.to(self.engine.device), labels=labels.to(self.engine.device))
-            total += torch.tensor([loss.double().item(), 1.0], dtype=torch.float64)
+            loss = self.engine(input_ids.to(device), labels=labels.to(device))
+            total += torch.stack([loss.double(), one])
         if self.world > 1:
             dist.all_reduce(total)
         self.engine.train()
@@ -300,6 +317,11 @@ class Trainer:
         gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _to_float(value) -> float | None:
+    """A gradient norm as DeepSpeed gives it (float, tensor or None) as a float, read when needed."""
+    return None if value is None else float(value)
 
 
 def changed_data_keys(saved_config: Path, current: dict) -> str:

@@ -127,7 +127,7 @@ def test_a_longer_index_extends_a_shorter_one(shards):
 
 def test_cache_is_reused_and_rebuilt_when_the_shards_change(shards, monkeypatch):
     first = BlendedSampleIndex(shards, SEQ, seed=7)
-    cached = list((shards / "index-cache").glob("*.npz"))
+    cached = list((shards / "index-cache").glob("train-*"))
     assert len(cached) == 1 and first.fingerprint in cached[0].name
     monkeypatch.setattr(BlendedSampleIndex, "_build", lambda self: pytest.fail("rebuilt a cached index"))
     again = BlendedSampleIndex(shards, SEQ, seed=7)
@@ -138,7 +138,10 @@ def test_cache_is_reused_and_rebuilt_when_the_shards_change(shards, monkeypatch)
     (shards / "blend.json").write_text(json.dumps(blend))
     changed = BlendedSampleIndex(shards, SEQ, seed=7)
     assert changed.fingerprint != first.fingerprint
-    assert len(list((shards / "index-cache").glob("*.npz"))) == 2
+    assert len(list((shards / "index-cache").glob("train-*"))) == 2
+    assert isinstance(again.ds_index, np.memmap)  # mapped read-only, not read into every rank's memory
+    with pytest.raises(ValueError, match="read-only"):
+        again.ds_index[0] = 1
 
 
 def test_damaged_shards_are_refused(shards):
