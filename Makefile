@@ -70,11 +70,11 @@ export: setup  ## stage export: a Hugging Face release of a checkpoint
 status: setup  ## where each stage of the run stands
 	$(GRAINE) status -c $(CONFIG) $(ARGS)
 
-slurm-up:  ## install (first time) and start a single-node Slurm on this machine
+slurm-up:  ## install (first time) and start a local Slurm on this machine (NODES=2: two nodes)
 	bash slurm/local-cluster/install.sh
-	bash slurm/local-cluster/start.sh
+	NODES=$(or $(NODES),1) bash slurm/local-cluster/start.sh
 
-slurm-down:  ## stop the local Slurm
+slurm-down:  ## stop the local Slurm (either mode)
 	bash slurm/local-cluster/stop.sh
 
 lint: setup  ## ruff

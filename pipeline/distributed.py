@@ -33,6 +33,7 @@ log = logging.getLogger("graine.distributed")
 
 ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 PORT_BASE, PORT_SPAN = 20000, 20000
+SOURCE_KEY = "GRAINE_LAUNCH_SOURCE"  # where export_launch_env found the values it exported
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def launch_env(environ: dict[str, str] | None = None) -> Launch:
                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()) if "MASTER_PORT" not in env else ""}
         source = "single"
     if all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")):
-        source = "user"
+        source = env.get(SOURCE_KEY) or "user"  # exported by export_launch_env, or set by the user
     merged = {k: env.get(k) or derived.get(k, "") for k in ENV_KEYS}
     merged["LOCAL_RANK"] = merged["LOCAL_RANK"] or merged["RANK"]
     merged["LOCAL_WORLD_SIZE"] = merged["LOCAL_WORLD_SIZE"] or merged["WORLD_SIZE"]
@@ -175,6 +176,7 @@ def export_launch_env() -> Launch:
     """Write this process's launch environment into os.environ (for torch and DeepSpeed) and return it."""
     launch = launch_env()
     os.environ.update(launch.env())
+    os.environ[SOURCE_KEY] = launch.source
     return launch
 
 

@@ -37,19 +37,30 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def _slurm_jobs_alive(job_ids: list[str]) -> bool | None:
-    """True/False from squeue; None when squeue cannot answer (then we cannot call the lock stale)."""
+def slurm_job_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """{job id: (state, reason)} of the jobs squeue still knows and that can still run; None when squeue
+    cannot answer. A job waiting on a dependency that failed (DependencyNeverSatisfied) will never run
+    (Slurm cancels it, kill_on_invalid_dep, at one of its scheduling passes): it is left out."""
     if not job_ids:
-        return False
+        return {}
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(j.split("_")[0] for j in job_ids)],
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T %r", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids}))],
                              capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
         # squeue fails for ids it no longer knows: they are all finished.
-        return False if "Invalid job id" in out.stderr else None
-    return bool(out.stdout.strip())
+        return {} if "Invalid job id" in out.stderr else None
+    states = {}
+    for line in out.stdout.splitlines():
+        jid, state, *reason = line.split()
+        if reason != ["DependencyNeverSatisfied"]:
+            states[jid] = (state, " ".join(reason))
+    return states
+
+
+def _waits_on_finished_jobs(state: tuple[str, str]) -> bool:
+    return state == ("PENDING", "Dependency")
 
 
 class RunLock:
@@ -60,6 +71,7 @@ class RunLock:
         self.command = command
         self.chain = uuid.uuid4().hex[:12]
         self.held = False
+        self.doomed: list[str] = []  # jobs of a stale chain that can never run, cancelled on take-over
 
     def holder(self) -> dict | None:
         try:
@@ -106,19 +118,33 @@ class RunLock:
 
     def _stale_reason(self, h: dict) -> str | None:
         same_host = h.get("host") == socket.gethostname()
-        if same_host and pid_alive(int(h.get("pid", 0))):
+        # Once it queued its chain, the driver's process no longer holds the lock: its jobs do.
+        if same_host and not h.get("handed_over") and pid_alive(int(h.get("pid", 0))):
             return None
         if any(pid_alive(int(p)) for p in h.get("local_pids") or []) and same_host:
             return None
-        alive = _slurm_jobs_alive(h.get("slurm_jobs") or [])
-        if alive or (alive is None and h.get("slurm_jobs")):
+        states = slurm_job_states(h.get("slurm_jobs") or [])
+        if states is None and h.get("slurm_jobs"):
             return None
+        # Jobs that only wait on dependencies while none of the chain's other jobs can still run wait on
+        # jobs that ended without success (afterok): they will never run. Slurm cancels them only at a
+        # later scheduling pass (minutes); the take-over cancels them now.
+        if states and not all(_waits_on_finished_jobs(s) for s in states.values()):
+            return None
+        if states:
+            self.doomed = sorted(states)
+            return (f"holder pid {h.get('pid')} on {h.get('host')} is gone and its remaining jobs "
+                    f"{', '.join(self.doomed)} wait on jobs that failed")
         if not same_host and not h.get("slurm_jobs"):
             return None  # a process on another host: we cannot see whether it lives
         return f"holder pid {h.get('pid')} on {h.get('host')} is gone and none of its jobs is alive"
 
     def _take_over(self, why: str, judged: dict | None) -> None:
         log.warning("taking over a stale lock %s: %s", self.path, why)
+        if self.doomed:
+            subprocess.run(["scancel", *self.doomed], capture_output=True, timeout=60)
+            log.warning("cancelled jobs %s of the failed chain", ", ".join(self.doomed))
+            self.doomed = []
         stale = self.path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
         try:
             os.replace(self.path, stale)
@@ -154,6 +180,12 @@ class RunLock:
 
     def handover(self) -> None:
         """Leave the lock to submitted Slurm jobs: the chain's last job releases it."""
+        h = self.holder()
+        if h is not None and h.get("chain") == self.chain:
+            h["handed_over"] = True
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(h))
+            os.replace(tmp, self.path)
         self.held = False
 
     def __enter__(self) -> RunLock:

@@ -319,6 +319,7 @@ def _sbatch_lines(stage: Stage, job: SlurmJob) -> list[str]:
     lines = [_flag(k, params[k]) for k in ordered]
     lines.append("#SBATCH --output=%x-%j.out  # %x job name, %j job id; in the submission directory")
     if job.kind != "cpu":
+        lines.append("#SBATCH --open-mode=append  # a requeued job adds to its log instead of replacing it")
         delay = int(job.params.get("signal_delay_s", 90))
         lines.append(f"# USR1 to this batch shell {delay} s before the walltime: the trap below asks the "
                      "training to save and stop, then requeues the job.")

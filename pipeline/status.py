@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from pipeline import lineage, stages
 from pipeline.config import RunConfig
 from pipeline.errors import StageError
 from pipeline.executors import tail
-from pipeline.lock import pid_alive
+from pipeline.lock import pid_alive, slurm_job_states
 from pipeline.task import StagePaths
 
 
@@ -21,24 +20,6 @@ class StageStatus:
     state: str  # not started | queued | running | complete | stale | failed | interrupted | not implemented
     detail: str = ""
     summary: str = ""
-
-
-def _slurm_states(job_ids: list[str]) -> dict[str, str] | None:
-    """{job id: state} of the jobs squeue still knows; None when squeue cannot answer."""
-    if not job_ids:
-        return {}
-    try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids}))],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0 and "Invalid job id" not in out.stderr:
-        return None
-    states = {}
-    for line in out.stdout.splitlines():
-        jid, state = line.split()[:2]
-        states[jid] = state
-    return states
 
 
 def _find_err_log(logs: Path, job_id: str) -> Path | None:
@@ -72,12 +53,12 @@ def _from_jobs(cfg: RunConfig, stage, paths: StagePaths, jobs: dict) -> StageSta
     unfinished = {k: j for k, j in by_rank.items() if k[0] != "publish" and not paths.marker(*k).exists()}
     pub = jobs["jobs"].get("publish", {}).get("0")
     if jobs["executor"] == "slurm":
-        live = _slurm_states(list(by_rank.values()))
+        live = slurm_job_states(list(by_rank.values()))
         if live is None:
             return StageStatus(stage.name, "unknown", "squeue does not answer: cannot tell whether its jobs run")
-        if live:
-            state = "running" if "RUNNING" in live.values() else "queued"
-            return StageStatus(stage.name, state, "jobs " + ", ".join(f"{j} {s.lower()}" for j, s in live.items()))
+        if live and not (unfinished and set(live) == {pub}):  # only the publication left: its tasks failed
+            state = "running" if any(s == "RUNNING" for s, _ in live.values()) else "queued"
+            return StageStatus(stage.name, state, "jobs " + ", ".join(f"{j} {s.lower()}" for j, (s, _) in live.items()))
     elif any(j.isdigit() and pid_alive(int(j)) for j in by_rank.values()):
         return StageStatus(stage.name, "running", f"local processes {', '.join(sorted(set(by_rank.values())))}")
     summary = _summary(stage, paths.published) if not stage.publish else ""

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,10 @@ class TaskRunner:
         return "done"
 
     def _run_distributed(self) -> str:
+        # submitit's own handler for its timeout signal: kept so that, once training has saved, the
+        # requeue goes through submitit's checkpoint mechanism (checkpoint() below, scontrol requeue).
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        previous = catch_stop_signals()
         from pipeline.distributed import export_launch_env
 
         launch = export_launch_env()
@@ -129,10 +134,11 @@ class TaskRunner:
         ctx = TaskContext(cfg, self.stage.name, self.step, rank, world,
                           out_dir=paths.published, work_dir=paths.scratch)
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        # submitit's own handler for its timeout signal: kept so that, once training has saved, the
-        # requeue goes through submitit's checkpoint mechanism (checkpoint() below, scontrol requeue).
-        submitit_handler = signal.getsignal(signal.SIGUSR2)
-        result = self._step().run(ctx) or "done"
+        try:
+            result = self._step().run(ctx) or "done"
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         if result == "done" and rank == 0:
             write_atomic(paths.marker(self.step, 0), json.dumps({"host": socket.gethostname()}))
         if result in REQUEUE and rank == 0 and os.environ.get("SLURM_JOB_ID") and callable(submitit_handler):
@@ -149,6 +155,24 @@ class TaskRunner:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+# A stop signal (walltime warning, preemption) that arrives while a training task starts up, before its
+# loop installs its own handlers: recorded here instead of killing the process (USR1's default action).
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+_early_signals: list[int] = []
+
+
+def catch_stop_signals() -> dict:
+    """Record stop signals from now on; returns the previous handlers (to restore)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, lambda signum, frame: _early_signals.append(signum)) for sig in STOP_SIGNALS}
+
+
+def early_stop_signal() -> int:
+    """The first stop signal received before the training loop took over (0 if none)."""
+    return _early_signals[0] if _early_signals else 0
 
 
 def _hard_exit() -> None:

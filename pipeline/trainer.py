@@ -41,11 +41,10 @@ from pipeline.errors import StageError
 from pipeline.metrics import MetricsLogger, Throughput, device_name, memory_gb, peak_tflops
 from pipeline.schedule import BatchRampup, LRSchedule
 from pipeline.stage import TaskContext
-from pipeline.task import write_atomic
+from pipeline.task import STOP_SIGNALS, early_stop_signal, write_atomic
 
 log = logging.getLogger("graine.train")
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 # Config keys whose change alters the sample order (named when the fingerprint does not match).
 DATA_KEYS = ("seed", "train.seq_len", "preprocess", "tokenizer", "clean")
 # Test hooks: steps whose loss is made NaN on rank 0 ("3,4"), and a pause after every step (seconds).
@@ -63,7 +62,7 @@ class StopRequest:
     """Signal handlers that only set a flag; the loop acts on it at the next step boundary."""
 
     def __init__(self):
-        self.signum = 0
+        self.signum = early_stop_signal()  # one that came while the task started up
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:

@@ -21,13 +21,38 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 # --------------------------------------------------------------------------------------- real Slurm
+SLURM_CONF = Path("/etc/slurm/slurm.conf")
+SECOND_NODE = "n2"  # slurm/local-cluster/start.sh NODES=2
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> str:
-    """The single-node Slurm of slurm/local-cluster, started if needed; returns its partition name.
+    """The local Slurm of slurm/local-cluster, started if needed; returns its partition name.
 
-    Without Slurm installed the test is skipped, unless GRAINE_REQUIRE_SLURM=1 (set by CI), where it
-    fails. GRAINE_SLURM_INSTALL=1 installs it first (apt-get, needs root).
+    A 2-node cluster (start.sh NODES=2, as CI runs) is kept as it is: -N1 jobs may land on either node.
+    Otherwise the single-node one is started. Without Slurm installed the test is skipped, unless
+    GRAINE_REQUIRE_SLURM=1 (set by CI), where it fails. GRAINE_SLURM_INSTALL=1 installs it first (apt-get, root).
     """
+    return _start_local_slurm(nodes=2 if _configured_nodes() == 2 else 1)
+
+
+@pytest.fixture(scope="session")
+def slurm_two_nodes() -> str:
+    """The 2-node local Slurm (this host and n2, a network namespace on it), started or switched to if needed;
+    returns its partition name. Skipped or failed without Slurm as `slurm_cluster` is."""
+    return _start_local_slurm(nodes=2)
+
+
+def _configured_nodes() -> int:
+    """How many nodes the slurm.conf written by start.sh declares (1 when there is none)."""
+    try:
+        text = SLURM_CONF.read_text()
+    except OSError:
+        return 1
+    return 2 if f"NodeName={SECOND_NODE} " in text else 1
+
+
+def _start_local_slurm(nodes: int) -> str:
     scripts = REPO / "slurm" / "local-cluster"
     required = os.environ.get("GRAINE_REQUIRE_SLURM") == "1"
     if os.environ.get("GRAINE_SLURM_INSTALL") == "1":
@@ -38,11 +63,12 @@ def slurm_cluster() -> str:
         if required:
             pytest.fail(f"GRAINE_REQUIRE_SLURM=1 but {message}")
         pytest.skip(message)
-    _run_script(scripts / "start.sh", timeout=180)
+    _run_script(scripts / "start.sh", timeout=180, env={"NODES": str(nodes)})
     return "debug"
 
 
-def _run_script(path: Path, timeout: int) -> None:
-    proc = subprocess.run(["bash", str(path)], capture_output=True, text=True, timeout=timeout)
+def _run_script(path: Path, timeout: int, env: dict[str, str] | None = None) -> None:
+    proc = subprocess.run(["bash", str(path)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         pytest.fail(f"{path} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")

@@ -5,74 +5,23 @@ the USR2 Slurm sends before the limit). Losses equal an uninterrupted local run'
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_run  # noqa: E402
+from slurm_jobs import job_of, reference_losses, run_copy, show, wait_complete  # noqa: E402
 from train_harness import losses  # noqa: E402
 
 from pipeline import runner  # noqa: E402
-from pipeline.status import stage_status  # noqa: E402
 
 pytestmark = pytest.mark.slurm
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("slurm-pretrain")
-    tiny_run.prepare(base / "data", base / "corpus")
-    return base
-
-
-def run_copy(prepared: Path, name: str) -> Path:
-    """A run directory with the prepared data stages (same shards: same sample order)."""
-    shutil.copytree(prepared / "data", prepared / name)
-    return prepared / name
-
-
-def job_of(run_dir: Path) -> str:
-    jobs = json.loads((run_dir / ".work" / "pretrain" / "jobs.json").read_text())["jobs"]
-    (job,) = jobs["train"].values()
-    return job
-
-
-def show(job: str) -> str:
-    return subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
-
-
-def wait_complete(cfg, job: str, timeout: float, release: bool = True) -> int:
-    """Wait for the stage's publication; requeued jobs are let start at once. Returns the restarts seen."""
-    deadline, restarts = time.time() + timeout, 0
-    while stage_status(cfg, "pretrain").state != "complete":
-        info = show(job)
-        if m := re.search(r"Restarts=(\d+)", info):
-            restarts = max(restarts, int(m.group(1)))
-        if release and "JobState=PENDING" in info and restarts:
-            # Slurm holds a requeued job back (BeginTime) for a while; start it now.
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
-        if re.search(r"JobState=(FAILED|CANCELLED|NODE_FAIL|OUT_OF_MEMORY)", info) or time.time() > deadline:
-            subprocess.run(["scancel", job], check=False)
-            logs = sorted(Path(cfg.run_dir, "logs", "jobs", "pretrain").rglob("*.err"))
-            tail = logs[-1].read_text()[-3000:] if logs else "(no log)"
-            pytest.fail(f"pretrain job {job} did not complete:\n{info}\n{tail}")
-        time.sleep(2)
-    return restarts
-
-
-def reference_losses(prepared: Path, *extra: str) -> dict[int, float]:
-    run_dir = run_copy(prepared, f"ref-{len(list(prepared.glob('ref-*')))}")
-    runner.run(tiny_run.config(run_dir, prepared / "corpus", *extra), ["pretrain"], executor="local")
-    return losses(run_dir)
-
-
-def test_two_tasks_on_one_node(prepared):
+def test_two_tasks_on_one_node(slurm_cluster, prepared):
     want = reference_losses(prepared)
     run_dir = run_copy(prepared, "two-tasks")
     cfg = tiny_run.config(run_dir, prepared / "corpus", "cluster.profile=local-cluster", "cluster.gpu={time: 5}")
@@ -93,7 +42,7 @@ def test_two_tasks_on_one_node(prepared):
 
 
 @pytest.mark.slow
-def test_two_minute_limit_reaches_the_target_through_requeues(prepared, monkeypatch):
+def test_two_minute_limit_reaches_the_target_through_requeues(slurm_cluster, prepared, monkeypatch):
     steps = 100
     extra = (f"train.train_tokens={steps * 4 * 32}", "checkpoint.interval=10", "train.decay_tokens=12800")
     want = reference_losses(prepared, *extra)
