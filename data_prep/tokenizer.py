@@ -45,8 +45,9 @@ MEMORY_PER_PIECE = 4096
 
 # ------------------------------------------------------------------------------------------- resources
 def job_cpus() -> int:
-    """CPUs this job may use: Slurm's allocation, else the process's affinity mask."""
-    for var in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+    """CPUs this task may use: Slurm's allocation, the local executor's share of this machine
+    (GRAINE_TASK_CPUS: it runs several tasks side by side), else the process's affinity mask."""
+    for var in ("SLURM_CPUS_PER_TASK", "GRAINE_TASK_CPUS", "SLURM_CPUS_ON_NODE"):
         if os.environ.get(var, "").isdigit():
             return max(1, int(os.environ[var]))
     return len(os.sched_getaffinity(0))

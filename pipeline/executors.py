@@ -115,18 +115,29 @@ class LocalExecutor(Executor):
             job = self._executor(tasks_per_node=world).submit(fn, 0)
             self.on_submit([job.job_id])
             return [Handle("training job", job)]
+        # The tasks share this machine: each one sizes its thread pools to its share (job_cpus), not to
+        # every core (submitit's local executor hands this environment to the processes it starts).
+        share = max(1, len(os.sched_getaffinity(0)) // max(1, min(self.parallel, len(ranks))))
+        previous = os.environ.get("GRAINE_TASK_CPUS")
+        os.environ["GRAINE_TASK_CPUS"] = str(share)
         ex = self._executor()
         handles: list[Handle] = []
         running: list[Handle] = []
-        # Bounded parallelism: a 64-task array should not start 64 processes on a laptop.
-        for rank in ranks:
-            while len(running) >= self.parallel:
-                running = self._reap(running)
-            job = ex.submit(fn, rank)
-            self.on_submit([job.job_id])
-            h = Handle(f"task {rank}", job)
-            handles.append(h)
-            running.append(h)
+        try:
+            # Bounded parallelism: a 64-task array should not start 64 processes on a laptop.
+            for rank in ranks:
+                while len(running) >= self.parallel:
+                    running = self._reap(running)
+                job = ex.submit(fn, rank)
+                self.on_submit([job.job_id])
+                h = Handle(f"task {rank}", job)
+                handles.append(h)
+                running.append(h)
+        finally:
+            if previous is None:
+                os.environ.pop("GRAINE_TASK_CPUS", None)
+            else:
+                os.environ["GRAINE_TASK_CPUS"] = previous
         return handles
 
     def submit_one(self, fn, kind, after, label):

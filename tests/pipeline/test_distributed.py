@@ -226,3 +226,33 @@ def test_gpu_profile_shape_is_what_is_checked(tmp_path, capsys):
     assert "train.zero_stage >= 1" in capsys.readouterr().err
     assert main(["sbatch", "pretrain", "-c", str(cfg), "train.precision=fp16", "train.global_batch_size=16"]) == 0
     assert main(["sbatch", "pretrain", "-c", str(cfg), "train.global_batch_size=6"]) == 2
+
+
+# ------------------------------------------------------------------------------ CPUs of a task's job
+def test_thread_pools_follow_the_job_not_the_machine(tmp_path, monkeypatch):
+    """Slurm's --cpus-per-task reaches the task (SRUN_CPUS_PER_TASK for srun >= 22.05, OMP_NUM_THREADS),
+    and local tasks running side by side each get their share of this machine."""
+    from data_prep.tokenizer import job_cpus
+    from pipeline.executors import LocalExecutor
+    from pipeline.slurm import job_for
+
+    cfg = load_config(None, ["cluster.profile=jean-zay-h100", "cluster.account=abc@h100"])
+    setup = job_for(cfg, "cpu", 4).params["setup"]
+    assert '[ -z "${SLURM_CPUS_PER_TASK:-}" ] || export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"' in setup
+    assert any(line.startswith('export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"') for line in setup)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("SLURM_CPUS_ON_NODE", raising=False)
+    monkeypatch.setenv("GRAINE_TASK_CPUS", "3")
+    assert job_cpus() == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "10")
+    assert job_cpus() == 10  # Slurm's allocation wins
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    monkeypatch.delenv("GRAINE_TASK_CPUS")
+
+    def report(rank):
+        return job_cpus()
+
+    ex = LocalExecutor(load_config(None, [f"run_dir={tmp_path}"]), tmp_path / "logs", parallel=2)
+    got = ex.wait(ex.submit_tasks(report, [0, 1], "cpu", []))
+    assert got == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
+    assert "GRAINE_TASK_CPUS" not in os.environ  # the driver's own environment is left as it was
