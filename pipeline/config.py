@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -204,7 +206,7 @@ class ClusterConfig:
 @dataclass(kw_only=True)
 class RunConfig:
     run_dir: str = param("runs/demo", help="where every stage writes (on Jean Zay: under $SCRATCH)")
-    seed: int = param(1234, ge=0)
+    seed: int = param(1234, ge=0, le=2**31 - 1, help="seed of every random choice (data order, weights)")
     clean: CleanConfig = param(default_factory=CleanConfig)
     tokenizer: TokenizerConfig = param(default_factory=TokenizerConfig)
     preprocess: PreprocessConfig = param(default_factory=PreprocessConfig)
@@ -239,16 +241,53 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass -c with a YAML run file such as configs/demo.yaml")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(), Loader=_StrictLoader)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if data is None:
+            raise ConfigError(f"{path} is empty; write the run's settings in it (configs/demo.yaml is an example)")
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, not {type(data).__name__}")
+    # The command line itself is written into job scripts (as a comment), so its words obey the same rule.
+    _refuse_control_characters([str(path or ""), *overrides], "the command line")
     for item in overrides:
         apply_override(data, item)
+    _refuse_control_characters(data, "")
     cfg = build(RunConfig, data, "")
     check_consistency(cfg)
     return cfg
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"key {key!r} is given twice (the second would silently win); keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+# Config strings reach job scripts, log lines and file names: no line breaks or other control characters.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _refuse_control_characters(value: Any, key: str) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_control_characters(str(k), f"{key}.{k}" if key else str(k))
+            _refuse_control_characters(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_control_characters(v, f"{key}[{i}]")
+    elif isinstance(value, str) and (m := _CONTROL.search(value)):
+        raise ConfigError(f"{key}={value!r} holds a control character ({m.group()!r}); config strings are single "
+                          "lines without control characters: remove it")
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -336,6 +375,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):

@@ -144,6 +144,7 @@ def job_for(cfg: RunConfig, kind: Kind, num_tasks: int = 1) -> SlurmJob:
     params = _merged_params(cfg, profile, kind)
     env = {**(profile.get("env") or {}), **params.pop("env", {})}
     env = {str(k): str(v) for k, v in env.items()}
+    _check_env_names(env, f"cluster.{_section(kind)}")
     _apply_account(cfg, profile, params, kind)
     _apply_shape(cfg, profile, params, kind, num_tasks)
     params["time"] = _minutes(params.get("time"), f"cluster.{_section(kind)}.time")
@@ -250,9 +251,37 @@ def _minutes(value: Any, key: str) -> int:
     return -(-seconds // 60)  # Slurm rounds a partial minute up
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_REFERENCE = re.compile(r"\$(?:([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)\})")
+
+
 def _shell_value(value: str) -> str:
-    """Double-quoted so $WORK and $PATH expand on the compute node, with nothing else interpreted."""
-    return '"' + re.sub(r'(["\\`])', r"\\\1", value) + '"'
+    """`value` as one shell word: single-quoted, so that nothing in it is interpreted ($(...), backticks,
+    ;, quotes), except `$NAME` and `${NAME}` references, which expand on the compute node ($WORK, $PATH).
+
+    >>> _shell_value("$WORK/hf $(id)")
+    '"${WORK}"\'/hf $(id)\''
+    """
+    parts, pos = [], 0
+    for m in _REFERENCE.finditer(value):
+        if m.start() > pos:
+            parts.append(_single_quoted(value[pos:m.start()]))
+        parts.append('"${%s}"' % (m.group(1) or m.group(2)))
+        pos = m.end()
+    if pos < len(value) or not parts:
+        parts.append(_single_quoted(value[pos:]))
+    return "".join(parts)
+
+
+def _single_quoted(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _check_env_names(env: dict[str, str], where: str) -> None:
+    for name in env:
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"{where}.env key {name!r} is not an environment variable name (letters, digits and _, "
+                              "not starting with a digit); rename it")
 
 
 def run_dir_for(cfg: RunConfig, job: SlurmJob) -> str:
@@ -271,12 +300,20 @@ _FIRST = ("job_name", "account", "partition", "constraint", "qos", "time", "node
 
 
 def render_sbatch(cfg: RunConfig, stage: Stage, config_path: str, overrides: list[str], *,
-                  dev: bool = False) -> str:
-    """A standalone, commented sbatch script running `stage` as `graine run --executor slurm` would."""
+                  dev: bool = False, python: str | None = None) -> str:
+    """A standalone, commented sbatch script running `stage` as `graine run --executor slurm` would.
+
+    graine runs in the job through `python` (default: the interpreter rendering the script, the
+    environment graine is installed in; on a cluster the module's, the same path on compute nodes).
+    """
     gpu = any(step.kind == "gpu" for step in stage.steps)
     kind = ("dev" if dev else "gpu") if gpu else "cpu"
     tasks = max((step.num_tasks(cfg) for step in stage.steps if step.kind == "cpu"), default=1)
     job = job_for(cfg, kind, num_tasks=tasks)
+    if not gpu:
+        # One allocation runs every task of a step, at most this many at once: no more than the
+        # profile's nodes can give (script_tasks), so that the job can start at all.
+        job.num_tasks = min(tasks, int(_read_profile(cfg.cluster.profile).get("script_tasks") or tasks))
     run_dir = run_dir_for(cfg, job)
     args = ["-c", shlex.quote(config_path), *(shlex.quote(o) for o in overrides)]
     if run_dir != cfg.run_dir:
@@ -288,7 +325,9 @@ def render_sbatch(cfg: RunConfig, stage: Stage, config_path: str, overrides: lis
     lines += ["", "set -eo pipefail  # after the module lines: module scripts are not written for -e"]
     if run_dir != cfg.run_dir:
         lines += [f"RUN_DIR={_shell_value(run_dir)}  # run directories on this site go under {job.run_root}"]
-    lines += _gpu_body(stage, job, args) if gpu else _cpu_body(cfg, stage, args)
+    lines += ["# graine through the interpreter it is installed in (no `graine` needed on the job's PATH).",
+              f"GRAINE_PY={shlex.quote(python or sys.executable)}"]
+    lines += _gpu_body(stage, job, args) if gpu else _cpu_body(cfg, stage, job, args)
     return "\n".join(lines) + "\n"
 
 
@@ -332,22 +371,34 @@ def _flag(key: str, value: Any) -> str:
     return f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(str(value))}"
 
 
-def _task(stage: Stage, step: Step, args: list[str]) -> str:
-    return " ".join(["graine", "task", shlex.quote(stage.name), shlex.quote(step.name), *args])
+GRAINE = '"$GRAINE_PY" -m pipeline.cli'
 
 
-def _cpu_body(cfg: RunConfig, stage: Stage, args: list[str]) -> list[str]:
-    lines = ["", "# Each step's tasks run side by side (rank = SLURM_PROCID, world size = SLURM_NTASKS);",
-             "# a task that already completed (its completion marker exists) returns at once, so resubmitting",
-             "# this script redoes only the unfinished tasks. `graine run --executor slurm` submits each step",
-             "# as a job array instead, one element per task."]
+def _task(stage: Stage, step: str, args: list[str], rank: str = "") -> str:
+    """The command of one task; `step` and `rank` are shell words as they are to appear."""
+    return " ".join([GRAINE, "task", shlex.quote(stage.name), step, *([rank] if rank else []), *args])
+
+
+def _cpu_body(cfg: RunConfig, stage: Stage, job: SlurmJob, args: list[str]) -> list[str]:
+    one_task = _task(stage, '"$1"', args, '--rank "$rank"')
+    lines = ["", f"# Each task of a step is a job step of its own (--exact), {job.num_tasks} at a time in this allocation;",
+             "# Slurm starts the next as one ends. A task that already completed (its completion marker exists)",
+             "# returns at once, so resubmitting this script redoes only the unfinished tasks.",
+             "# `graine run --executor slurm` submits each step as a job array instead, one element per task.",
+             "run_step() {  # run_step STEP NUM_TASKS: every task in the background, then fail if one failed",
+             '    local pids=() rank',
+             '    for ((rank = 0; rank < $2; rank++)); do',
+             f"        srun --ntasks=1 --exact --kill-on-bad-exit=1 {one_task} &",
+             '        pids+=($!)',
+             "    done",
+             '    for pid in "${pids[@]}"; do wait "$pid"; done',
+             "}"]
     for step in stage.steps:
-        n = step.num_tasks(cfg)
-        lines += ["", f"# step {step.name}: {n} task(s)",
-                  f"srun --ntasks={n} --kill-on-bad-exit=1 {_task(stage, step, args)}"]
+        lines += ["", f"# step {step.name}: {step.num_tasks(cfg)} task(s)",
+                  f"run_step {shlex.quote(step.name)} {step.num_tasks(cfg)}"]
     if stage.publish:
         lines += ["", "# Every step complete: publish the staging folder as the stage's output.",
-                  " ".join(["graine", "publish", shlex.quote(stage.name), *args])]
+                  " ".join([GRAINE, "publish", shlex.quote(stage.name), *args])]
     return lines
 
 
@@ -377,7 +428,7 @@ def _gpu_body(stage: Stage, job: SlurmJob, args: list[str]) -> list[str]:
     ]
     for step in stage.steps:
         lines += ["", f"# step {step.name}: one task per {'GPU' if job.gpus_per_node else 'process'}",
-                  f"srun {' '.join(TRAIN_SRUN_ARGS)} {_task(stage, step, args)} &",
+                  f"srun {' '.join(TRAIN_SRUN_ARGS)} {_task(stage, shlex.quote(step.name), args)} &",
                   "SRUN_PID=$!",
                   "# The trap interrupts `wait`: wait again until srun itself has exited.",
                   'rc=0; while :; do wait "$SRUN_PID" && rc=0 || rc=$?; kill -0 "$SRUN_PID" 2>/dev/null || break; done',
@@ -395,7 +446,7 @@ EXAMPLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("pretrain-jean-zay-h100.sbatch", "pretrain", ("cluster.profile=jean-zay-h100", "cluster.account=abc@h100")),
     ("clean-jean-zay-a100.sbatch", "clean", ("cluster.profile=jean-zay-a100", "cluster.account=abc@a100")),
 )
-EXAMPLE_CONFIG = "configs/demo.yaml"
+EXAMPLE_CONFIG = "configs/demo.yaml"  # and graine run by the site module's `python` (a rendered script names the renderer's interpreter)
 
 
 def _never_run(ctx: Any) -> None:
@@ -428,7 +479,7 @@ def render_examples() -> dict[str, str]:
     out = {}
     for filename, stage, overrides in EXAMPLES:
         cfg = load_config(None, list(overrides))
-        out[filename] = render_sbatch(cfg, example_stage(stage), EXAMPLE_CONFIG, list(overrides))
+        out[filename] = render_sbatch(cfg, example_stage(stage), EXAMPLE_CONFIG, list(overrides), python="python")
     return out
 
 

@@ -34,7 +34,7 @@ def test_every_slurm_profile_gives_valid_submitit_parameters(name, kind):
     assert set(job.params) <= set(slurm.valid_parameters())
     assert isinstance(job.params["time"], int) and job.params["time"] > 0
     assert job.env["HF_HUB_OFFLINE"] == "1"
-    assert 'export HF_HUB_OFFLINE="1"' in job.params["setup"]
+    assert "export HF_HUB_OFFLINE='1'" in job.params["setup"]
     if kind == "cpu":
         assert "gres" not in job.params and not job.params.get("gpus_per_node")
         assert job.params["array_parallelism"] == 3
@@ -137,7 +137,8 @@ def test_h100_pretrain_script():
     assert "module load arch/h100" in script.splitlines()
     assert any(line.startswith("module load pytorch-gpu/py3/") for line in script.splitlines())
     assert "scontrol requeue" in script and "--array=1-10%1" in script
-    assert re.search(r"^srun .*graine task pretrain train -c configs/demo.yaml .*cluster.account=abc@h100", script, re.M)
+    assert re.search(r'^srun .*"\$GRAINE_PY" -m pipeline.cli task pretrain train -c configs/demo.yaml .*cluster.account=abc@h100',
+                     script, re.M)
 
 
 def test_a100_pretrain_script():
@@ -158,9 +159,10 @@ def test_clean_script_runs_each_step_then_publishes():
     script = render("clean", [*A100, "clean.num_tasks=6", "clean.inputs=[raw/it's here.jsonl]"])
     assert "--ntasks=6" in sbatch_flags(script) and "--partition=cpu_p1" in sbatch_flags(script)
     lines = script.splitlines()
-    sruns = [line for line in lines if line.startswith("srun ")]
-    assert sruns and sruns[0].startswith("srun --ntasks=6 ")
-    assert lines[-1].startswith("graine publish clean -c configs/demo.yaml")
+    sruns = [line.strip() for line in lines if line.strip().startswith("srun ")]
+    assert sruns == [sruns[0]] and sruns[0].startswith("srun --ntasks=1 --exact ")  # one job step per task
+    assert "run_step filter 6" in lines and "run_step stats 1" in lines
+    assert lines[-1].startswith('"$GRAINE_PY" -m pipeline.cli publish clean -c configs/demo.yaml')
     # Overrides are shell-quoted: a quote or space in a value cannot break the command.
     assert "'clean.inputs=[raw/it'\"'\"'s here.jsonl]'" in sruns[0]
 

@@ -1,0 +1,98 @@
+"""A config is untrusted input: nothing in it runs as shell in job scripts, and malformed values are refused
+at load time (exit 2) before anything is written or submitted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline import slurm
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+
+# Each payload would create `marker` if any shell ran it.
+PAYLOADS = ["$(touch {m})", "`touch {m}`", "x; touch {m}", "x' ; touch {m} ; echo '", 'x" ; touch {m} ; echo "',
+            "${{HOME:+$(touch {m})}}", "$((1))$(touch {m})"]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_shell_values_are_literal_except_plain_references(tmp_path, payload):
+    marker = tmp_path / "marker"
+    value = payload.format(m=marker)
+    word = slurm._shell_value(value)
+    out = subprocess.run(["bash", "-c", f"V={word}; printf %s \"$V\""], capture_output=True, text=True, check=True)
+    assert out.stdout == value and not marker.exists()
+
+
+def test_plain_references_expand_on_the_node():
+    out = subprocess.run(["bash", "-c", f"WORK=/w; printf %s {slurm._shell_value('$WORK/hf:${WORK}')}"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout == "/w/hf:/w"
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_rendered_scripts_do_not_run_config_strings(tmp_path, capsys, payload):
+    """The whole rendered script, run by bash with srun/sbatch stand-ins that only print: no payload runs."""
+    marker = tmp_path / "marker"
+    value = payload.format(m=marker)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "clean": {"inputs": [value]},
+                                   "cluster": {"profile": "local-cluster", "account": value,
+                                               "cpu": {"env": {"PAYLOAD": value}}}}))
+    assert load_config(str(cfg)).cluster.cpu["env"]["PAYLOAD"] == value
+    assert main(["sbatch", "clean", "-c", str(cfg), f"cluster.slurm.comment={value!r}"]) == 0
+    script = capsys.readouterr().out
+    assert f"GRAINE_PY={sys.executable}\n" in script
+    script = script.replace(f"GRAINE_PY={sys.executable}\n", "GRAINE_PY=true\n")  # graine itself not run
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("srun", "scontrol", "module"):
+        (fake / tool).write_text("#!/bin/sh\nexit 0\n")
+        (fake / tool).chmod(0o755)
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                         env={"PATH": f"{fake}:/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    assert not marker.exists(), f"payload {value!r} ran"
+
+
+@pytest.mark.parametrize("override, message", [
+    ('cluster.account="abc\\n#SBATCH --uid=0"', "control character"),
+    ('cluster.gpu.env={"A\\rB": "1"}', "control character"),
+    ("cluster.gpu.env={'A;touch x': '1'}", "not an environment variable name"),
+    ("train.lr=.nan", "finite"),
+    ("clean.min_lang_score=.inf", "finite"),
+    ("seed=1e30", "seed=.* out of range"),
+])
+def test_malformed_config_exits_2_before_anything(tmp_path, capsys, override, message):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\ncluster:\n  profile: local-cluster\n")
+    for command in (["sbatch", "pretrain"], ["run", "pretrain", "--executor", "slurm", "--dry-run"]):
+        assert main([*command, "-c", str(cfg), override]) == 2
+        assert capsys.readouterr().err.count("graine: error:") == 1
+    with pytest.raises(ConfigError, match=message):
+        cfg_obj = load_config(str(cfg), [override])
+        slurm.job_for(cfg_obj, "gpu")
+    assert not (tmp_path / "run").exists()
+
+
+def test_duplicate_keys_and_empty_files_are_refused(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("run_dir: a\ntrain:\n  lr: 1e-3\n  lr: 1e-2\n")
+    assert main(["run", "pretrain", "-c", str(cfg), "--dry-run"]) == 2
+    assert "'lr' is given twice" in capsys.readouterr().err
+    cfg.write_text("# nothing yet\n")
+    assert main(["run", "pretrain", "-c", str(cfg), "--dry-run"]) == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_a_newline_in_the_command_line_cannot_leave_the_script_comment(tmp_path, capsys):
+    # YAML folds the newline of this value into a space, so the config is valid; the word itself, which
+    # the script's "# Rendered by:" comment repeats, is not.
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\ncluster:\n  profile: local-cluster\n")
+    assert main(["sbatch", "clean", "-c", str(cfg), 'cluster.account="x\ntouch /tmp/graine-pwned"']) == 2
+    assert "control character" in capsys.readouterr().err
