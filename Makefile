@@ -25,7 +25,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup demo corpus test test-fast lint clean-corpus tokenizer preprocess pretrain resume export status bench slurm-up slurm-down clean
+.PHONY: help setup demo corpus test test-fast lint clean-corpus tokenizer preprocess pretrain resume export status bench slurm-up slurm-down clean delete-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -90,5 +90,12 @@ test-fast: setup  ## tests not marked slow or slurm
 bench: setup  ## benchmarks (print figures; see README)
 	@for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-clean:  ## remove runs/ (your data!) and caches, keep .venv
-	rm -rf runs .pytest_cache .ruff_cache
+clean:  ## remove caches only (never data; the clean stage is `make clean-corpus`)
+	rm -rf .pytest_cache .ruff_cache
+	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+delete-runs:  ## delete runs/ (corpus, checkpoints, everything): needs CONFIRM=delete-my-runs
+	@if [ "$(CONFIRM)" != "delete-my-runs" ]; then \
+		echo "refusing: this deletes runs/ with every corpus, checkpoint and release in it."; \
+		echo "run: make delete-runs CONFIRM=delete-my-runs"; exit 2; fi
+	rm -rf runs

@@ -70,6 +70,9 @@ class CleanConfig:
     pii: bool = param(True, help="redact emails, IP addresses, phone numbers and secrets")
     dedup: DedupConfig = param(default_factory=DedupConfig)
     compression: Literal["zst", "gz"] = param("zst", help="compression of the clean/ shards")
+    on_corrupt_file: Literal["error", "skip"] = param("error", help="an input that cannot be read to its end (truncated "
+                                                      ".gz/.zst, corrupt parquet): error = fail the stage naming it; skip = keep "
+                                                      "the records read before the error, list the file in rejects.jsonl, go on")
 
 
 @dataclass(kw_only=True)
@@ -206,6 +209,9 @@ class ClusterConfig:
 @dataclass(kw_only=True)
 class RunConfig:
     run_dir: str = param("runs/demo", help="where every stage writes (on Jean Zay: under $SCRATCH)")
+    run_dir_mode: str = param("0750", help="permissions (octal) of the run directory and of what graine writes "
+                              "in it: 0750 lets the group read and nobody else write (job pickles run as code); "
+                              "0770 lets the group write too")
     seed: int = param(1234, ge=0, le=2**31 - 1, help="seed of every random choice (data order, weights)")
     clean: CleanConfig = param(default_factory=CleanConfig)
     tokenizer: TokenizerConfig = param(default_factory=TokenizerConfig)
@@ -402,6 +408,9 @@ def _check_range(f: dataclasses.Field, value: Any, key: str) -> None:
 
 def check_consistency(cfg: RunConfig) -> None:
     """Checks that involve several keys; each message names the key to change."""
+    if not re.fullmatch(r"0?[0-7]{3}", cfg.run_dir_mode) or int(cfg.run_dir_mode, 8) & 0o700 != 0o700:
+        raise ConfigError(f"run_dir_mode={cfg.run_dir_mode!r} must be octal permissions that give the owner rwx, "
+                          "e.g. 0750 (group reads) or 0700 (private)")
     d = cfg.clean.dedup
     if d.bands * d.rows != d.num_perm:
         raise ConfigError(f"clean.dedup.num_perm={d.num_perm} must equal clean.dedup.bands * clean.dedup.rows "

@@ -120,7 +120,8 @@ def fingerprint(cfg: RunConfig, stage: Stage) -> Fingerprint:
         cache = RawHashCache(run_dir / ".work" / "raw-hashes.json")
         files = stage.external_inputs(cfg)
         inputs["raw"] = digest({str(f): cache.hash(f) for f in files})
-        cache.save()
+        if run_dir.is_dir():  # a dry run or `graine status` of a run not started writes nothing
+            cache.save()
     return Fingerprint(inputs, cfg.section_hash(*stage.sections), missing)
 
 

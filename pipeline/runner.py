@@ -17,11 +17,19 @@ from pathlib import Path
 
 from pipeline import lineage, stages
 from pipeline.config import RunConfig
-from pipeline.errors import StageError
+from pipeline.errors import ConfigError, DataError, StageError
 from pipeline.executors import Executor, Handle, make_executor
 from pipeline.lock import RunLock
 from pipeline.stage import Stage
-from pipeline.task import REQUEUE, Publisher, StagePaths, TaskRunner, publish, write_atomic
+from pipeline.task import (
+    REQUEUE,
+    Publisher,
+    StagePaths,
+    TaskRunner,
+    apply_run_dir_mode,
+    publish,
+    write_atomic,
+)
 
 log = logging.getLogger("graine")
 
@@ -116,6 +124,11 @@ def preflight(cfg: RunConfig, targets: list[Stage], executor: str) -> None:
                 job_for(cfg, step.kind, step.num_tasks(cfg))
             if step.kind == "gpu" and stage.check is not None:
                 stage.check(cfg, *job_shape(cfg, executor))
+        if stage.external_inputs is not None:
+            try:  # inputs named by the config that do not exist are a config error, found before anything runs
+                stage.external_inputs(cfg)
+            except DataError as exc:
+                raise ConfigError(str(exc)) from None
 
 
 def run(cfg: RunConfig, names: list[str], executor: str = "local", force: bool = False,
@@ -123,6 +136,7 @@ def run(cfg: RunConfig, names: list[str], executor: str = "local", force: bool =
     """Run (or, on Slurm, queue) the named stages in order. Returns the plans that were carried out."""
     targets = resolve(names)
     preflight(cfg, targets, executor)
+    apply_run_dir_mode(cfg)
     lock = RunLock(Path(cfg.run_dir), command)
     with lock:
         ex = make_executor(executor, cfg, Path(cfg.run_dir) / "logs" / "jobs", wait=wait)

@@ -73,6 +73,20 @@ class StagePaths:
         return self.run_dir / "logs" / "jobs" / self.stage
 
 
+def apply_run_dir_mode(cfg: RunConfig) -> None:
+    """Create the run directory with cfg.run_dir_mode and make this process create nothing more open.
+
+    The umask is what keeps others from writing submitit's job pickles (code that jobs run) and outputs;
+    job processes call this too (Slurm passes the submitter's umask as well).
+    """
+    mode = int(cfg.run_dir_mode, 8)
+    os.umask(0o777 & ~mode)
+    run_dir = Path(cfg.run_dir)
+    if not run_dir.exists():
+        run_dir.mkdir(parents=True, mode=mode)
+        run_dir.chmod(mode)  # mkdir's mode is filtered by the umask of the moment
+
+
 def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -100,9 +114,10 @@ class TaskRunner:
         for extra in self.registry.values():
             stages.register(extra)
         step = self._step()
+        cfg: RunConfig = build(RunConfig, self.cfg, "")
+        apply_run_dir_mode(cfg)
         if step.kind == "gpu":
             return self._run_distributed()
-        cfg: RunConfig = build(RunConfig, self.cfg, "")
         paths = StagePaths(Path(cfg.run_dir), self.stage.name)
         setup_logging(rank)
         marker = paths.marker(self.step, rank)
@@ -195,6 +210,7 @@ class Publisher:
             stages.register(extra)
         setup_logging()
         cfg: RunConfig = build(RunConfig, self.cfg, "")
+        apply_run_dir_mode(cfg)
         try:
             return publish(cfg, self.stage)
         finally:

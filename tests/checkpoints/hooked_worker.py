@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import subprocess
 import sys
@@ -82,11 +81,7 @@ def launch(run_dir: Path, overrides: list[str] = (), nproc: int = 2, hooks: dict
     proc = subprocess.run(cmd, env=train_harness.env(hooks), capture_output=True, text=True, timeout=timeout,
                           cwd=train_harness.REPO)
     output = proc.stdout + proc.stderr
-    try:
-        result = json.loads((run_dir / "result-rank0.json").read_text())["result"]
-    except OSError:
-        result = f"no result (exit {proc.returncode})"
-    return result, output
+    return train_harness.read_result(run_dir, proc.returncode), output
 
 
 if __name__ == "__main__":

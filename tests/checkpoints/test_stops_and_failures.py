@@ -29,9 +29,9 @@ def finish(proc) -> tuple[str, str]:
 
 
 def result_of(run_dir: Path) -> str:
-    import json
+    from train_harness import read_result
 
-    return json.loads((run_dir / "result-rank0.json").read_text())["result"]
+    return read_result(run_dir)
 
 
 def test_signal_on_one_rank_saves_and_returns_preempted(tmp_path):

@@ -162,11 +162,19 @@ def launch(run_dir: Path, overrides: list[str] = (), nproc: int = 2, hooks: dict
     except subprocess.TimeoutExpired:
         kill_9(proc)  # the ranks too: torch.distributed.run starts them in their own sessions
         raise
-    try:
-        result = json.loads((run_dir / "result-rank0.json").read_text())["result"]
-    except OSError:
-        result = f"no result (exit {proc.returncode})"
-    return result, output
+    return read_result(run_dir, proc.returncode), output
+
+
+def read_result(run_dir: Path, returncode: int | None = None) -> str:
+    """Rank 0's result, else the first rank's that wrote one. A decision every rank takes alike (a
+    unanimous stop) ends them all with the same result, but torch.distributed.run kills the others as
+    soon as one exits with an error, so the rank that wrote first is not always rank 0."""
+    for path in sorted(run_dir.glob("result-rank*.json"), key=lambda p: int(p.stem.removeprefix("result-rank"))):
+        try:
+            return json.loads(path.read_text())["result"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return f"no result (exit {returncode})"
 
 
 def start(run_dir: Path, overrides: list[str] = (), nproc: int = 2, hooks: dict | None = None) -> subprocess.Popen:

@@ -40,7 +40,8 @@ def test_rendered_scripts_do_not_run_config_strings(tmp_path, capsys, payload):
     marker = tmp_path / "marker"
     value = payload.format(m=marker)
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "clean": {"inputs": [value]},
+    (tmp_path / "in.jsonl").write_text('{"text": "x"}\n')
+    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "clean": {"inputs": [str(tmp_path / "in.jsonl")]},
                                    "cluster": {"profile": "local-cluster", "account": value,
                                                "cpu": {"env": {"PAYLOAD": value}}}}))
     assert load_config(str(cfg)).cluster.cpu["env"]["PAYLOAD"] == value
@@ -96,3 +97,61 @@ def test_a_newline_in_the_command_line_cannot_leave_the_script_comment(tmp_path,
     cfg.write_text(f"run_dir: {tmp_path / 'run'}\ncluster:\n  profile: local-cluster\n")
     assert main(["sbatch", "clean", "-c", str(cfg), 'cluster.account="x\ntouch /tmp/graine-pwned"']) == 2
     assert "control character" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ what gets written, how
+def test_dry_run_and_missing_inputs_write_nothing(tmp_path, capsys):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text('{"text": "hello"}\n')
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "clean": {"inputs": [str(raw)]}}))
+    assert main(["run", "clean", "-c", str(cfg), "--dry-run"]) == 0
+    assert not (tmp_path / "run").exists()
+    capsys.readouterr()
+    assert main(["run", "clean", "-c", str(cfg), f"clean.inputs=[{tmp_path}/nothing-*.jsonl]"]) == 2
+    assert "matches no file" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_directory_is_private_and_so_are_job_files(tmp_path):
+    import os
+    import stat
+
+    from pipeline import runner
+
+    import toy_stages
+
+    from pipeline import stages
+
+    toy_stages.register()
+    old = os.umask(0o002)  # a permissive session, as on many clusters
+    try:
+        cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "clean.num_tasks=2"])
+        runner.run(cfg, ["toy-parts"], executor="local")
+    finally:
+        os.umask(old)
+        stages.unregister("toy-parts")
+        stages.unregister("toy-sum")
+    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o750
+    for path in (tmp_path / "run").rglob("*"):
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        assert not mode & 0o022, f"{path} is writable by group or others ({oct(mode)})"
+    pickles = list((tmp_path / "run" / "logs").rglob("*.pkl"))
+    assert pickles  # submitit's job pickles are among them
+    with pytest.raises(ConfigError, match="run_dir_mode"):
+        load_config(None, ["run_dir_mode=0077"])
+
+
+def test_make_clean_keeps_runs(tmp_path):
+    import shutil
+
+    shutil.copy(slurm.ROOT / "Makefile", tmp_path / "Makefile")
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "ckpt").write_text("weeks of training")
+    assert subprocess.run(["make", "-s", "clean"], cwd=tmp_path, capture_output=True).returncode == 0
+    assert (tmp_path / "runs" / "demo" / "ckpt").exists()
+    refused = subprocess.run(["make", "-s", "delete-runs"], cwd=tmp_path, capture_output=True, text=True)
+    assert refused.returncode != 0 and "CONFIRM=delete-my-runs" in refused.stdout
+    assert (tmp_path / "runs" / "demo" / "ckpt").exists()
+    assert subprocess.run(["make", "-s", "delete-runs", "CONFIRM=delete-my-runs"], cwd=tmp_path).returncode == 0
+    assert not (tmp_path / "runs").exists()
