@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
 
 from pipeline import stages
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("graine: interrupted; completed tasks are kept, re-run the same command to go on", file=sys.stderr)
         return 130
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _config(args):
@@ -256,6 +261,7 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "sbatch": cmd_sbatch, "task": 
 
 
 def entry() -> None:  # pragma: no cover - console script
+    signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: local tasks end before the lock is released
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -67,6 +67,9 @@ class Executor:
     def wait(self, handles: list[Handle]) -> list[Any]:
         return [h.result for h in handles]
 
+    def stop(self) -> None:
+        """End what this executor started on this machine (the driver was interrupted)."""
+
 
 class InlineExecutor(Executor):
     """Runs every task in this process, one after the other: for debugging with pdb."""
@@ -101,6 +104,24 @@ class LocalExecutor(Executor):
         super().__init__(cfg, folder)
         self.parallel = parallel or int(os.environ.get("GRAINE_LOCAL_PARALLEL", 0)) or len(os.sched_getaffinity(0))
         self.on_submit = lambda pids: None  # the runner records pids in the lock
+        self.jobs: list = []  # every submitit job started, so that an interrupted driver can end them
+
+    def stop(self, timeout: float = 60) -> None:
+        """Interrupt every live task (submitit's local controller passes it on) and wait until all have
+        ended, so that the run lock is released only when nothing of this run still writes."""
+        live = [job for job in self.jobs if not job.done()]
+        for job in live:
+            job.cancel(check=False)
+        deadline = time.time() + timeout
+        while live and time.time() < deadline:
+            time.sleep(0.2)
+            live = [job for job in live if not job.done()]
+        for job in live:
+            log.warning("task job %s did not end within %g s of its interrupt; killing it", job.job_id, timeout)
+            try:
+                os.killpg(os.getpgid(int(job.job_id)), 9)
+            except (OSError, ValueError):
+                pass
 
     def _executor(self, tasks_per_node: int = 1):
         import submitit
@@ -113,6 +134,7 @@ class LocalExecutor(Executor):
         if kind == "gpu":
             world = self.cfg.train.devices_per_node * self.cfg.train.num_nodes
             job = self._executor(tasks_per_node=world).submit(fn, 0)
+            self.jobs.append(job)
             self.on_submit([job.job_id])
             return [Handle("training job", job)]
         # The tasks share this machine: each one sizes its thread pools to its share (job_cpus), not to
@@ -129,6 +151,7 @@ class LocalExecutor(Executor):
                 while len(running) >= self.parallel:
                     running = self._reap(running)
                 job = ex.submit(fn, rank)
+                self.jobs.append(job)
                 self.on_submit([job.job_id])
                 h = Handle(f"task {rank}", job)
                 handles.append(h)
@@ -142,6 +165,7 @@ class LocalExecutor(Executor):
 
     def submit_one(self, fn, kind, after, label):
         job = self._executor().submit(fn)
+        self.jobs.append(job)
         self.on_submit([job.job_id])
         return Handle(label, job)
 

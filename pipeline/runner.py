@@ -147,14 +147,20 @@ def run(cfg: RunConfig, names: list[str], executor: str = "local", force: bool =
         # then the last stage that runs knows it must release the lock.
         queued = [] if ex.waits else _plan_chain(cfg, targets, force)
         last_run = max((i for i, p in enumerate(queued) if p.action == "run"), default=-1)
-        for i, stage in enumerate(targets):
-            plan = queued[i] if queued else plan_stage(cfg, stage, force, upstream_rerun=rerun)
-            plans.append(plan)
-            if plan.action == "skip":
-                log.info("%s: %s", stage.name, plan.reason)
-                continue
-            after = _run_stage(cfg, stage, plan, ex, after, lock, last=i == last_run)
-            rerun = True
+        try:
+            for i, stage in enumerate(targets):
+                plan = queued[i] if queued else plan_stage(cfg, stage, force, upstream_rerun=rerun)
+                plans.append(plan)
+                if plan.action == "skip":
+                    log.info("%s: %s", stage.name, plan.reason)
+                    continue
+                after = _run_stage(cfg, stage, plan, ex, after, lock, last=i == last_run)
+                rerun = True
+        except KeyboardInterrupt:
+            # The lock is released on the way out: only once the tasks started here have ended too.
+            log.warning("interrupted: ending the tasks started on this machine before releasing the run directory")
+            ex.stop()
+            raise
         if not ex.waits and after:
             ids = [h.job_id for h in after]
             lock.record_jobs(slurm_jobs=_all_job_ids(cfg, targets))

@@ -233,3 +233,35 @@ def test_take_over_gives_back_a_lock_that_changed_under_it(tmp_path):
     RunLock(tmp_path)._take_over("test", judged={"host": "elsewhere", "pid": 2, "chain": "stale"})
     assert json.loads((tmp_path / ".graine.lock").read_text()) == fresh
     assert [p.name for p in tmp_path.iterdir()] == [".graine.lock"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_driver_ends_its_tasks_before_releasing_the_lock(tmp_path, signum):
+    """Ctrl-C (or SIGTERM) to the driver alone: its task processes end, then the lock goes; not before."""
+    run = tmp_path / "run"
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(f"run_dir: {run}\nclean:\n  num_tasks: 4\n")
+    driver = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import toy_stages
+        toy_stages.register()
+        from pipeline import cli
+        sys.argv = ["graine", "run", "toy-parts", "-c", {str(cfg_file)!r}]
+        cli.entry()
+    """)
+    env = {**os.environ, "TOY_DELAY": "30", "GRAINE_LOCAL_PARALLEL": "2"}
+    proc = subprocess.Popen([sys.executable, "-c", driver], env=env, stderr=subprocess.PIPE, text=True)
+    lock_file = run / ".graine.lock"
+    deadline = time.time() + 60
+    while time.time() < deadline and len((json.loads(lock_file.read_text()) if lock_file.exists() else {})
+                                         .get("local_pids", [])) < 2:
+        time.sleep(0.1)
+    pids = json.loads(lock_file.read_text())["local_pids"]
+    assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+    proc.send_signal(signum)  # the driver only
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err[-2000:]
+    assert not any(pid_alive(p) for p in pids), "a task outlived the interrupted driver"
+    assert not lock_file.exists()
+    assert "ending the tasks started on this machine" in err
