@@ -8,7 +8,12 @@ Steps (each task writes only its own files, each under a temporary name renamed 
   dedup    N tasks  task r owns the hashes with hash % N == r: exact groups and verified LSH pairs -> edges.
   clusters 1 task   join the edges; keep the smallest key (first in input order) of each cluster.
   write    N tasks  drop the removed documents from filter task r's output: clean/part-<rank>.jsonl.zst.
-  stats    1 task   merge per-task counts into clean/stats.json, clean/summary.txt and clean/rejects.jsonl.
+  stats    1 task   merge per-task counts into clean/stats.json, clean/summary.txt and clean/rejects.jsonl;
+                    fails (nothing published) when no document is kept, with the drop reasons.
+
+An input that cannot be read to its end (truncated .gz/.zst, corrupt parquet) fails its filter task,
+naming the file, unless clean.on_corrupt_file=skip; `clean.languages` is checked against the
+language-id model's labels when a filter task starts and by the stage's `check`.
 """
 
 from __future__ import annotations
@@ -39,11 +44,12 @@ from data_prep.filters import (
     remove_boilerplate,
 )
 from data_prep.jsonl import JsonlWriter, read_jsonl, write_json, write_npy
-from data_prep.langid import LanguageIdentifier
+from data_prep.langid import LanguageIdentifier, check_languages
 from data_prep.minhash import MinHasher, band_hashes, is_cjk
 from data_prep.normalize import Normalizer
 from data_prep.pii import PiiRedactor
 from data_prep.readers import (
+    BROKEN_FILE_REASONS,
     Document,
     Fields,
     InputFile,
@@ -54,6 +60,7 @@ from data_prep.readers import (
     split_inputs,
 )
 from pipeline.config import CleanConfig, RunConfig
+from pipeline.errors import DataError
 from pipeline.stage import Stage, Step, TaskContext, one_task
 
 REASON_NAMES = {EXACT: "exact_duplicate", 1: "near_duplicate"}
@@ -69,6 +76,12 @@ def input_files(cfg: RunConfig) -> list[Path]:
     return [f.path for f in list_inputs(cfg.clean.inputs, cfg.clean.code_extensions)]
 
 
+def check(cfg: RunConfig, world_size: int = 1, gpus: bool = False) -> None:
+    """The clean config's checks that need the code of this stage (the language-id model): ConfigError."""
+    check_overrides(cfg.clean.filters)
+    check_languages(cfg.clean.languages)
+
+
 def _task_dir(ctx: TaskContext, step: str, rank: int) -> Path:
     return ctx.work_dir / step / f"{rank:05d}"
 
@@ -79,6 +92,7 @@ class DocumentCleaner:
 
     def __init__(self, cfg: CleanConfig, stats: dict):
         check_overrides(cfg.filters)
+        check_languages(cfg.languages)
         self.cfg, self.stats = cfg, stats
         self.normalize = Normalizer(cfg.normalize)
         self.langid = LanguageIdentifier(cfg.langid_chars)
@@ -152,6 +166,7 @@ def run_filter(ctx: TaskContext) -> None:
     cleaner = DocumentCleaner(cfg, stats)
     hasher = MinHasher(cfg.dedup.num_perm, cfg.dedup.shingle_size, seed=MINHASH_SEED)
     keys, hashes, sigs = [], [], []
+    paths = {s.file.source: s.file.path for s in slices}
     with JsonlWriter(out / "docs.jsonl.zst") as kept, \
             JsonlWriter(ctx.out_dir / "excluded" / f"filtered-{ctx.rank:05d}.jsonl.zst") as excluded, \
             JsonlWriter(out / "rejects.jsonl") as rejects:
@@ -175,6 +190,8 @@ def run_filter(ctx: TaskContext) -> None:
             stats["files"] += piece.start == 0  # a file split into byte ranges counts once
             for item in read_slice(piece, Fields(cfg.text_field, cfg.id_field, cfg.code_field)):
                 if isinstance(item, Reject):
+                    if item.reason in BROKEN_FILE_REASONS:
+                        _broken_file(ctx, paths[item.source], item)
                     report.count_reject(stats, item)
                     rejects.write({"file": item.source, "line": item.line, "reason": item.reason, "detail": item.detail})
                     continue
@@ -189,6 +206,15 @@ def run_filter(ctx: TaskContext) -> None:
     write_json(out / "stats.json", stats)
     ctx.log.info("clean/filter %d: %d files or ranges, kept %d, excluded %d, rejected %d", ctx.rank, len(slices),
                  kept.count, excluded.count, rejects.count)
+
+
+def _broken_file(ctx: TaskContext, path: Path, reject: Reject) -> None:
+    """A file read only in part: fail the task (clean.on_corrupt_file=error) or say what is lost (skip)."""
+    if ctx.cfg.clean.on_corrupt_file == "error":
+        raise DataError(f"clean input {path} is {reject.detail}; replace it, remove it from clean.inputs, or set "
+                        "clean.on_corrupt_file=skip to keep the records read before the error and go on")
+    ctx.log.warning("clean/filter %d: %s is %s; its records read before the error are kept "
+                    "(clean.on_corrupt_file=skip)", ctx.rank, path, reject.detail)
 
 
 def _save_signatures(out: Path, cfg: CleanConfig, keys: list, hashes: list, sigs: list) -> None:
@@ -281,6 +307,8 @@ def run_stats(ctx: TaskContext) -> None:
     text = report.render(stats)
     (ctx.out_dir / "summary.txt").write_text(text + "\n", encoding="utf-8")
     ctx.log.info("clean summary\n%s", text)
+    if stats["totals"]["docs_out"] == 0:  # the tokenizer would fail next, with a message about its sample
+        raise DataError(report.nothing_kept(stats))
 
 
 def run_locally(cfg: RunConfig, out_dir: Path, work_dir: Path) -> None:
@@ -312,6 +340,7 @@ STAGE = Stage(
     description="normalise, identify languages, filter, redact PII and deduplicate the raw corpus",
     summary=summary,
     external_inputs=input_files,
+    check=check,
 )
 
-__all__ = ["STAGE", "DocumentCleaner", "InputFile", "run_locally", "summary"]
+__all__ = ["STAGE", "DocumentCleaner", "InputFile", "check", "run_locally", "summary"]

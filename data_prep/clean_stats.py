@@ -92,3 +92,26 @@ def render(stats: dict) -> str:
     if stats["pii"]:
         lines.append("PII redacted: " + ", ".join(f"{k} {n}" for k, n in sorted(stats["pii"].items())))
     return "\n".join(lines)
+
+
+def nothing_kept(stats: dict) -> str:
+    """Why a clean stage kept no document, for its error: the drop reasons on the first line (the line a
+    failed task's report shows), what to change, then the summary table."""
+    t = stats["totals"]
+    dropped = sorted(t["dropped"].items(), key=lambda kv: (-kv[1], kv[0]))
+    rejected = sorted(stats["rejected"].items(), key=lambda kv: (-kv[1], kv[0]))
+    parts = []
+    if dropped:
+        parts.append("dropped: " + ", ".join(f"{r} {n:,}" for r, n in dropped))
+    if rejected:
+        parts.append("unreadable: " + ", ".join(f"{r} {n:,}" for r, n in rejected))
+    head = f"clean kept 0 of {t['docs_in']:,} documents ({'; '.join(parts) or 'no record in the inputs'})"
+    found = sorted(stats["languages"].items(), key=lambda kv: (-kv[1]["docs_in"], kv[0]))
+    if dropped and dropped[0][0] == "language_not_kept":
+        hint = ("none is in clean.languages; the languages found: "
+                + ", ".join(f"{lang} {e['docs_in']:,}" for lang, e in found[:8]))
+    elif dropped:
+        hint = "check clean.filters, clean.min_lang_score and clean.languages against the table below"
+    else:
+        hint = "no record could be read: check clean.inputs, clean.text_field and rejects.jsonl"
+    return f"{head}; {hint}; nothing is published\n{render(stats)}"

@@ -6,10 +6,13 @@ model's softmax probability of the top label. Only the first `max_chars` charact
 a prefix of a few hundred words is enough for a document-level decision. fastText predicts one line,
 so newlines become spaces. Labels are ISO 639-1 where one exists (`zh`, `ja`, `hi`, `ar`, `pt`, `vi`,
 `ru`...) and ISO 639-2/3 otherwise (`yue`, `wuu`, `ceb`...), as the filter table expects.
+`check_languages` refuses a `clean.languages` code the model never returns (such a language would
+silently keep nothing).
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.util
 from pathlib import Path
@@ -19,6 +22,10 @@ import fasttext
 from pipeline.errors import ConfigError
 
 _LABEL = "__label__"
+# Languages the clean stage records besides the model's: programming languages (the code path),
+# unlisted languages under clean.keep_other, and text with nothing to classify.
+PSEUDO_LANGUAGES = ("code", "other", "und")
+_COMMON = ("en", "fr", "es", "de", "pt", "ru", "ar", "zh", "hi", "vi", "ja")
 
 
 def model_path() -> Path:
@@ -51,3 +58,28 @@ class LanguageIdentifier:
         labels, scores = self.model.predict(sample, k=1)
         # The compressed model's softmax can exceed 1 by a rounding error.
         return labels[0][len(_LABEL):], round(min(float(scores[0]), 1.0), 4)
+
+
+@functools.lru_cache(maxsize=1)
+def model_labels() -> frozenset[str]:
+    """Every language the model can return (176). fasttext-predict has no get_labels: a prediction
+    with k=-1 and a threshold below 0 lists them all (~0.3 ms once the model is loaded)."""
+    labels, _ = _model().predict("a", k=-1, threshold=-1.0)
+    return frozenset(label[len(_LABEL):] for label in labels)
+
+
+def check_languages(codes: list[str], key: str = "clean.languages") -> None:
+    """ConfigError naming the key, the first unknown code and valid ones, unless every code is a label
+    of the model or a pseudo-language."""
+    valid = model_labels() | set(PSEUDO_LANGUAGES)
+    bad = [c for c in codes if c not in valid]
+    if not bad:
+        return
+    code = bad[0]
+    lowered = str(code).lower()
+    near = [c for c in (lowered, lowered.replace("_", "-").split("-")[0]) if c in valid]  # EN, zh-CN, pt_BR
+    near = near or difflib.get_close_matches(lowered, sorted(valid), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(dict.fromkeys(near))}? " if near else ""
+    raise ConfigError(f"{key} holds {code!r}, which the language-id model (fastText lid.176) never returns; "
+                      f"{hint}valid codes are ISO 639-1 where one exists, e.g. {', '.join(_COMMON)} "
+                      f"({len(valid) - len(PSEUDO_LANGUAGES)} in all, plus 'code' for programming languages)")

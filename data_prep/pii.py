@@ -4,6 +4,11 @@ Patterns are tuned for precision: an IPv4 needs four octets <= 255, a phone numb
 `+`, parentheses or at least two separators between 9-15 digits, so years, prices and plain numbers
 stay. Secrets are matched by their documented prefixes (AWS, GitHub, Slack, Stripe/OpenAI-style,
 Google API keys, PEM private keys) and by `key = value` assignments whose name says secret.
+
+Boundaries are look-arounds on ASCII word characters, not `\\b`: in a Unicode regex every CJK, Thai,
+Arabic, Devanagari or Cyrillic letter is a word character, so `\\b` never holds between it and a Latin
+letter or digit, and an address written against such text (no space, as Chinese, Japanese and Thai
+are written) was left in place. Next to ASCII text the look-arounds behave as `\\b` did.
 """
 
 from __future__ import annotations
@@ -14,29 +19,36 @@ from collections import Counter
 TAGS = {"email": "<EMAIL>", "ip": "<IP_ADDRESS>", "phone": "<PHONE>", "secret": "<SECRET>"}
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+# `\b` on ASCII word characters: any other character (CJK, Thai, Arabic, Devanagari...) is a boundary.
+_W = "A-Za-z0-9_"
+_START = rf"(?<![{_W}])"  # before a pattern's first character, itself a word character
+_END = rf"(?![{_W}])"  # after a pattern's last character, itself a word character
+_EDGE = rf"(?:(?<=[{_W}])(?![{_W}])|(?<![{_W}])(?=[{_W}]))"  # `\b` after a class that also holds `-`
 _SECRET_PATTERNS = [
     r"-----BEGIN (?:RSA |EC |OPENSSH |DSA )?PRIVATE KEY-----[\s\S]+?-----END (?:RSA |EC |OPENSSH |DSA )?PRIVATE KEY-----",
-    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key id
-    r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",  # GitHub tokens
-    r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b",  # Slack tokens
-    r"\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{16,}\b",  # Stripe keys
-    r"\bsk-[A-Za-z0-9_-]{20,}\b",  # OpenAI-style keys
-    r"\bAIza[0-9A-Za-z_-]{35}\b",  # Google API keys
-    # `aws_secret_access_key = ...`, `api_key: "..."`, `password=...`: redact the value only.
+    rf"{_START}(?:AKIA|ASIA)[0-9A-Z]{{16}}{_END}",  # AWS access key id
+    rf"{_START}gh[pousr]_[A-Za-z0-9]{{36,}}{_END}",  # GitHub tokens
+    rf"{_START}xox[abposr]-[A-Za-z0-9-]{{10,}}{_EDGE}",  # Slack tokens
+    rf"{_START}(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{{16,}}{_END}",  # Stripe keys
+    rf"{_START}sk-[A-Za-z0-9_-]{{20,}}{_EDGE}",  # OpenAI-style keys
+    rf"{_START}AIza[0-9A-Za-z_-]{{35}}{_EDGE}",  # Google API keys
+    # `aws_secret_access_key = ...`, `api_key: "..."`, `password=...`: redact the value only. (`\w*`
+    # takes in the letters of any script glued to the name: the name is kept as it is.)
     r"(?i)(\b\w*(?:secret|token|passwd|password|api_key|apikey|access_key)\w*[\"']?\s{0,3}[:=]\s{0,3}[\"']?)"
     r"([A-Za-z0-9/+=_.-]{8,})",
 ]
 PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("secret", re.compile("|".join(f"(?:{p})" for p in _SECRET_PATTERNS[:-1]))),
     ("secret", re.compile(_SECRET_PATTERNS[-1])),
-    ("email", re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,24}\b")),
+    ("email", re.compile(rf"(?<![{_W}.+-])[A-Za-z0-9._%+-]{{1,64}}@(?:[A-Za-z0-9-]{{1,63}}\.)+[A-Za-z]{{2,24}}{_END}")),
     ("ip", re.compile(rf"(?<![\d.]){_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?![\d.]\d)")),
-    ("ip", re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])")),
-    # +CC then groups; (area) then groups; or 3+ groups with separators. 9-15 digits overall.
-    ("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,5}"
+    ("ip", re.compile(rf"(?<![{_W}:])(?:[0-9A-Fa-f]{{1,4}}:){{7}}[0-9A-Fa-f]{{1,4}}(?![{_W}:])")),
+    # +CC then groups; (area) then groups; or 3+ groups with separators. 9-15 digits overall. Digits
+    # of any script (`\d`) stay part of the number, so they are not boundaries either.
+    ("phone", re.compile(rf"(?<![{_W}\d+])(?:\+\d{{1,3}}[ .-]?(?:\(\d{{1,4}}\)[ .-]?)?\d{{1,4}}(?:[ .-]\d{{2,4}}){{1,5}}"
                          r"|\(\d{2,4}\)[ .-]?\d{3,4}[ .-]\d{3,4}"
                          r"|\d{2,4}[.-]\d{2,4}[.-]\d{2,4}(?:[.-]\d{2,4}){0,2}"
-                         r"|0\d(?: \d{2}){4})(?![\w])")),
+                         rf"|0\d(?: \d{{2}}){{4}})(?![{_W}\d])")),
 ]
 
 

@@ -7,6 +7,12 @@ jsonl files larger than a task's share into byte ranges, so one big file spreads
 `Document` per record and a `Reject` per record they cannot read. A reject names its reason, file and
 line (line 0 = the whole file) and the task goes on. Line numbers count from the start of the file
 whatever the range, so keys, ids and rejects do not depend on the task count.
+
+A file that ends or breaks before its end (a truncated .gz or .zst, a corrupt parquet, an I/O error)
+yields the records read up to there, then one `corrupt_file` (or `unreadable_file`) reject at line 0
+saying how many records came before the error; the clean stage then fails or goes on as
+`clean.on_corrupt_file` says. A JSON `\\ud800` escape decodes to a lone surrogate, which no UTF-8
+consumer accepts: such a record is an `invalid_unicode` reject.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import heapq
 import io
 import json
 import os
+import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +39,14 @@ PARQUET_SUFFIXES = (".parquet",)
 CODE_LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".java": "java", ".c": "c",
                   ".h": "c", ".cpp": "cpp", ".cc": "cpp", ".go": "go", ".rs": "rust", ".sh": "shell",
                   ".rb": "ruby", ".php": "php", ".scala": "scala", ".lua": "lua", ".jl": "julia"}
-REJECT_REASONS = ("bad_json", "invalid_utf8", "missing_text", "non_string_text", "not_an_object",
-                  "empty_file", "unreadable_file", "unsupported_format")
+REJECT_REASONS = ("bad_json", "invalid_utf8", "invalid_unicode", "missing_text", "non_string_text", "not_an_object",
+                  "empty_file", "corrupt_file", "unreadable_file", "unsupported_format")
+# File-level rejects after which records of the file may be missing: clean.on_corrupt_file decides.
+BROKEN_FILE_REASONS = ("corrupt_file", "unreadable_file")
+# What decoding a damaged file raises: truncated gzip (EOFError), bad gzip data (zlib.error,
+# BadGzipFile: an OSError), zstd (ZstdError, or EOFError from _ZstdReader), parquet (ArrowInvalid:
+# a ValueError; ArrowIOError: an OSError).
+READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, zstandard.ZstdError)
 
 
 @dataclass(frozen=True)
@@ -162,26 +176,79 @@ def read_file(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:
     if f.size == 0:
         yield Reject("empty_file", f.source, 0, "the file is empty")
         return
-    count = 0
+    count = records = 0
     try:
         for item in readers[f.kind](f, fields):
             count += isinstance(item, Document)
+            records += 1
             yield item
-    except (OSError, EOFError, ValueError, zstandard.ZstdError) as exc:
-        yield Reject("unreadable_file", f.source, 0, f"{type(exc).__name__}: {exc}"[:300])
+    except READ_ERRORS as exc:
+        yield broken_file(f.source, records, exc)
         return
     if count == 0 and f.kind == "jsonl":
         yield Reject("empty_file", f.source, 0, "no record in the file")
 
 
+def broken_file(source: str, records: int, exc: BaseException) -> Reject:
+    """The file-level reject of a file that could not be read to its end."""
+    # An OSError with an errno is the system's (permission, missing, I/O); the others are the data's.
+    reason = "unreadable_file" if isinstance(exc, OSError) and exc.errno is not None else "corrupt_file"
+    what = "truncated or corrupt" if reason == "corrupt_file" else "unreadable"
+    detail = f"{what} after {records:,} records: {type(exc).__name__}: {exc}"
+    return Reject(reason, source, 0, detail[:300])
+
+
 def _open_lines(path: Path) -> io.BufferedIOBase:
     name = path.name.lower()
     if name.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return gzip.open(path, "rb")  # raises EOFError at a cut
     if name.endswith(".zst"):
-        raw = open(path, "rb")  # noqa: SIM115 - closed with the stream reader below
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        return io.BufferedReader(_ZstdReader(path), buffer_size=1 << 20)
     return open(path, "rb")  # noqa: SIM115 - the caller closes it
+
+
+class _ZstdReader(io.RawIOBase):
+    """The decompressed bytes of a .zst file (one frame or several), raising EOFError where the file ends
+    inside a frame. zstandard's stream_reader returns end-of-file there instead: a truncated file read as
+    a shorter one, its cut line a `bad_json`."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = self._dctx.decompressobj()
+        self._in_frame = False  # bytes of the current frame were fed and its end not seen
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out:
+            chunk = self._file.read(1 << 18)  # ~1-3 MB of text out per read
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("the file ends inside a zstd frame (truncated)")
+                return 0
+            self._out = memoryview(self._decompress(chunk))
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        parts = []
+        while chunk:
+            self._in_frame = True
+            parts.append(self._frame.decompress(chunk))
+            if not self._frame.eof:
+                break
+            chunk, self._frame, self._in_frame = self._frame.unused_data, self._dctx.decompressobj(), False
+        return b"".join(parts)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
 
 
 def read_slice(s: InputSlice, fields: Fields) -> Iterator[Document | Reject]:
@@ -189,10 +256,13 @@ def read_slice(s: InputSlice, fields: Fields) -> Iterator[Document | Reject]:
     if s.end is None:
         yield from read_file(s.file, fields)
         return
+    records = 0
     try:
-        yield from _parse_jsonl(s.file, _range_lines(s), fields)
+        for item in _parse_jsonl(s.file, _range_lines(s), fields):
+            records += 1
+            yield item
     except OSError as exc:
-        yield Reject("unreadable_file", s.file.source, 0, f"{type(exc).__name__}: {exc}"[:300])
+        yield broken_file(s.file.source, records, exc)
 
 
 def _range_lines(s: InputSlice) -> Iterator[tuple[int, bytes]]:
@@ -235,7 +305,41 @@ def _parse_jsonl(f: InputFile, lines: Iterator[tuple[int, bytes]], fields: Field
         except json.JSONDecodeError as exc:
             yield Reject("bad_json", f.source, line_no, f"{exc.msg} at column {exc.colno}")
             continue
+        if _SURROGATE_ESCAPE.search(line):  # rare: the full check only then
+            bad = lone_surrogate(record)
+            if bad:
+                yield Reject("invalid_unicode", f.source, line_no, bad)
+                continue
         yield record_to_document(record, f, line_no, fields)
+
+
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff). A well-formed pair decodes to one character;
+# a lone one stays a surrogate, which cannot be encoded to UTF-8 (language id, the writers...).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def lone_surrogate(value: object, where: str = "") -> str:
+    """Where `value` (a decoded JSON record) holds a lone surrogate, described; "" when it holds none."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (f"lone surrogate U+{ord(value[exc.start]):04X} in {where or 'the record'} (a JSON \\u escape "
+                    "of half a UTF-16 pair; not valid Unicode)")
+        return ""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return ""
+    for k, v in items:
+        name = f"{where}[{k!r}]" if where else f"field {k!r}"
+        found = lone_surrogate(k, f"the name of {name}") if isinstance(k, str) else ""
+        found = found or lone_surrogate(v, name)
+        if found:
+            return found
+    return ""
 
 
 def _read_parquet(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:

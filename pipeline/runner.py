@@ -122,8 +122,9 @@ def preflight(cfg: RunConfig, targets: list[Stage], executor: str) -> None:
                 from pipeline.slurm import job_for
 
                 job_for(cfg, step.kind, step.num_tasks(cfg))
-            if step.kind == "gpu" and stage.check is not None:
-                stage.check(cfg, *job_shape(cfg, executor))
+        if stage.check is not None:
+            gpu = any(step.kind == "gpu" for step in stage.steps)
+            stage.check(cfg, *(job_shape(cfg, executor) if gpu else (1, False)))
         if stage.external_inputs is not None:
             try:  # inputs named by the config that do not exist are a config error, found before anything runs
                 stage.external_inputs(cfg)

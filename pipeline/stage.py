@@ -50,8 +50,8 @@ class Stage:
     external_inputs: Callable[[RunConfig], list[Path]] | None = None
     # The folder under the run directory it publishes; default the stage's name (preprocess: shards).
     output: str = ""
-    # Checks of the config against the job's shape, run before anything is submitted:
-    # check(cfg, world_size, gpus) raises ConfigError (world_size: ranks of a gpu step).
+    # Checks of the config run before anything is submitted, against the training job's shape for a
+    # stage with a gpu step: check(cfg, world_size, gpus) raises ConfigError ((1, False) for data stages).
     check: Callable[[RunConfig, int, bool], None] | None = None
 
     @property

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 
-from data_prep.clean import STAGE, run_locally, summary
+from data_prep.clean import STAGE, DocumentCleaner, run_locally, summary
+from data_prep.clean_stats import new_stats
 from data_prep.jsonl import read_jsonl
-from data_prep.synthetic import KEPT_LANGUAGES, build_corpus, write_corpus
+from data_prep.langid import model_labels
+from data_prep.readers import Document, Fields, list_inputs, read_file
+from data_prep.synthetic import KEPT_LANGUAGES, TextGenerator, build_corpus, write_corpus
+from pipeline.cli import main
 from pipeline.config import CleanConfig, RunConfig
+from pipeline.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +153,101 @@ def test_one_big_file_spreads_over_tasks(tmp_path):
     assert list(read_jsonl(one / "rejects.jsonl")) == list(read_jsonl(four / "rejects.jsonl"))
     stats = [json.loads((out / "stats.json").read_text()) for out in (one, four)]
     assert stats[0]["totals"] == stats[1]["totals"] and stats[0]["files"] == stats[1]["files"] == 1
+
+
+# ------------------------------------------------------------------------- unreadable inputs, no output
+def _docs(lang: str, n: int, first: int = 0) -> list[dict]:
+    return [{"id": f"{lang}-{i}", "text": TextGenerator(random.Random(i), lang).document(150)}
+            for i in range(first, first + n)]
+
+
+def _jsonl(records: list[dict]) -> bytes:
+    return b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in records)
+
+
+def _config(raw: Path, out: Path, **clean) -> RunConfig:
+    cfg = RunConfig(run_dir=str(out))
+    cfg.clean = CleanConfig(inputs=[str(raw / "*")], num_tasks=1, **clean)
+    return cfg
+
+
+def test_lone_surrogate_is_a_reject_and_the_file_goes_on(tmp_path):
+    (tmp_path / "raw").mkdir()
+    lines = _jsonl(_docs("en", 6)).splitlines(keepends=True)
+    bad = {"id": "bad", "text": TextGenerator(random.Random(9), "en").document(150) + " \ud800 end"}
+    lines.insert(2, json.dumps(bad).encode() + b"\n")  # ensure_ascii: the lone surrogate is written `\\ud800`
+    (tmp_path / "raw" / "web.jsonl").write_bytes(b"".join(lines))
+    run_locally(_config(tmp_path / "raw", tmp_path), tmp_path / "clean", tmp_path / "work")
+    rejects = list(read_jsonl(tmp_path / "clean" / "rejects.jsonl"))
+    assert [(r["file"], r["line"], r["reason"]) for r in rejects] == [("web.jsonl", 3, "invalid_unicode")]
+    assert "U+D800" in rejects[0]["detail"]
+    assert set(kept(tmp_path / "clean")) == {f"en-{i}" for i in range(6)}
+    stats = json.loads((tmp_path / "clean" / "stats.json").read_text())
+    assert stats["rejected"] == {"invalid_unicode": 1} and "invalid_unicode 1" in summary(tmp_path / "clean")
+
+
+def _truncated_inputs(raw: Path) -> int:
+    """A whole file and a .jsonl.zst cut in its middle; returns how many records the cut one holds before the cut."""
+    raw.mkdir()
+    (raw / "a.jsonl").write_bytes(_jsonl(_docs("en", 5)))
+    data = zstandard.ZstdCompressor().compress(_jsonl(_docs("en", 400, first=100)))  # zstd blocks: 128 kB
+    (raw / "b.jsonl.zst").write_bytes(data[: len(data) // 2])
+    return sum(isinstance(d, Document) for f in list_inputs([str(raw / "b.jsonl.zst")], [])
+               for d in read_file(f, Fields()))
+
+
+def test_truncated_input_fails_the_stage_naming_the_file(tmp_path):
+    before = _truncated_inputs(tmp_path / "raw")
+    with pytest.raises(DataError, match=rf"b\.jsonl\.zst is truncated or corrupt after {before} records.*"
+                                        r"clean\.on_corrupt_file=skip"):
+        run_locally(_config(tmp_path / "raw", tmp_path), tmp_path / "clean", tmp_path / "work")
+
+
+def test_truncated_input_skipped_keeps_what_was_read(tmp_path):
+    before = _truncated_inputs(tmp_path / "raw")
+    assert 0 < before < 400
+    run_locally(_config(tmp_path / "raw", tmp_path, on_corrupt_file="skip"), tmp_path / "clean", tmp_path / "work")
+    (reject,) = read_jsonl(tmp_path / "clean" / "rejects.jsonl")
+    assert (reject["file"], reject["line"], reject["reason"]) == ("b.jsonl.zst", 0, "corrupt_file")
+    assert reject["detail"].startswith(f"truncated or corrupt after {before} records")
+    assert set(kept(tmp_path / "clean")) == {f"en-{i}" for i in range(5)} | {f"en-{i}" for i in range(100, 100 + before)}
+    assert json.loads((tmp_path / "clean" / "stats.json").read_text())["rejected"] == {"corrupt_file": 1}
+
+
+def test_nothing_kept_fails_with_the_drop_reasons(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "web.jsonl").write_bytes(_jsonl(_docs("en", 8)) + b"{broken\n")
+    with pytest.raises(DataError) as failure:
+        run_locally(_config(tmp_path / "raw", tmp_path, languages=["fr"]), tmp_path / "clean", tmp_path / "work")
+    message = str(failure.value)
+    first = message.splitlines()[0]  # what a failed task's report shows
+    assert first.startswith("clean kept 0 of 8 documents (dropped: language_not_kept 8; unreadable: bad_json 1)")
+    assert "languages found: en 8" in first and "clean.languages" in first
+    assert "docs in" in message and "top drop reasons" in message  # the summary table follows
+
+
+def test_cli_reports_a_corrupt_input_without_traceback(tmp_path, capsys):
+    _truncated_inputs(tmp_path / "raw")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nclean:\n  inputs: ['{tmp_path / 'raw'}/*']\n  num_tasks: 1\n")
+    assert main(["run", "clean", "-c", str(cfg), "--executor", "inline"]) == 1
+    err = capsys.readouterr().err
+    assert "graine: error:" in err and "b.jsonl.zst is truncated or corrupt" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "clean").exists()
+
+
+@pytest.mark.parametrize("codes, bad", [(["en", "xx"], "xx"), (["EN"], "EN"), (["zh-CN"], "zh-CN")])
+def test_unknown_language_code_is_refused(tmp_path, codes, bad):
+    cfg = RunConfig(run_dir=str(tmp_path))
+    cfg.clean.languages = codes
+    with pytest.raises(ConfigError, match=rf"clean\.languages holds '{bad}'.*e\.g\. en, fr"):
+        STAGE.check(cfg, 1, False)
+    with pytest.raises(ConfigError, match="clean.languages"):
+        DocumentCleaner(cfg.clean, new_stats())  # and again when a filter task starts
+
+
+def test_known_and_pseudo_language_codes_pass(tmp_path):
+    cfg = RunConfig(run_dir=str(tmp_path))
+    cfg.clean.languages = [*KEPT_LANGUAGES, "ja", "yue", "ceb", "code", "other"]
+    STAGE.check(cfg, 1, False)
+    assert {"en", "zh", "yue", "wuu"} <= model_labels() and len(model_labels()) == 176

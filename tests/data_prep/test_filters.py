@@ -148,3 +148,45 @@ def test_pii_tags(raw, tag):
 def test_pii_leaves_numbers_and_dates():
     raw = "In 1998, 3 500 000 people (12.5%) voted on 2023-05-12; version 1.2.3 shipped."
     assert PiiRedactor()(raw) == raw
+
+
+# Words of each demo language (data_prep.synthetic.KEPT_LANGUAGES, plus ja and th) whose letter touching
+# the PII is not ASCII: before, in, after. Chinese, Japanese and Thai are written without spaces; in the
+# other scripts a missing space is a common typo. English letters are ASCII, which stay part of an
+# address (`call+1 555...` is not a phone): English glues with punctuation instead.
+GLUED = {
+    "en": ("Contact us —", "— today"),
+    "fr": ("Écrivez à", "à partir de lundi"),
+    "es": ("Escriba aquí", "él responde"),
+    "de": ("Mit freundlichem Gruß", "über uns"),
+    "pt": ("Fale com você", "é rápido"),
+    "ru": ("Пишите нам", "или позвоните"),
+    "ar": ("راسلنا على", "أو اتصل"),
+    "zh": ("请联系", "获取详情"),
+    "hi": ("हमसे संपर्क", "पर लिखें"),
+    "vi": ("Liên hệ", "để biết thêm"),
+    "ja": ("詳しくは", "までご連絡ください"),
+    "th": ("ติดต่อ", "ได้ทุกวัน"),
+}
+PII_VALUES = [("jean.dupont@example.org", "<EMAIL>"), ("+33 6 12 34 56 78", "<PHONE>"),
+              ("138-0013-8000", "<PHONE>"), ("192.168.10.254", "<IP_ADDRESS>"),
+              ("2001:0db8:85a3:0000:0000:8a2e:0370:7334", "<IP_ADDRESS>"), ("AKIAIOSFODNN7EXAMPLE", "<SECRET>")]
+
+
+def test_pii_glued_to_every_demo_language():
+    assert set(KEPT_LANGUAGES) <= set(GLUED)
+    for lang, (before, after) in GLUED.items():
+        for value, tag in PII_VALUES:
+            redactor = PiiRedactor()
+            body = text(lang, 30) if lang not in ("ja", "th") else ""
+            raw = f"{body}\n{before}{value}{after}\n{body}"
+            assert redactor(raw) == f"{body}\n{before}{tag}{after}\n{body}", (lang, value)
+            assert sum(redactor.counts.values()) == 1, (lang, value)
+
+
+def test_pii_boundaries_in_latin_text_unchanged():
+    """ASCII letters and digits still bind to a candidate: no new match inside words, codes or numbers."""
+    for raw in ["ref:callme+33 6 12 34 56 78x", "ID12-34-56-78A", "tel0612345678", "v1.2.3.4.5",
+                "key AKIAIOSFODNN7EXAMPLEX and XAKIAIOSFODNN7EXAMPLE", "skip_sk-abcdefghijklmnopqrstuvwxyz",
+                "a2001:0db8:85a3:0000:0000:8a2e:0370:7334", "x_jean@example.org9"]:
+        assert PiiRedactor()(raw) == raw

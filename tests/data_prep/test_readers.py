@@ -19,6 +19,7 @@ from data_prep.readers import (
     InputSlice,
     Reject,
     assign_files,
+    broken_file,
     list_inputs,
     read_file,
     read_slice,
@@ -84,7 +85,7 @@ def test_every_reject_reason_has_file_and_line(tmp_path):
     assert ("bad.jsonl", 7, "not_an_object") in got
     assert ("empty.jsonl.zst", 0, "empty_file") in got
     assert ("latin1.txt", 2, "invalid_utf8") in got
-    assert ("truncated.jsonl.gz", 0, "unreadable_file") in got
+    assert ("truncated.jsonl.gz", 0, "corrupt_file") in got
     assert ("data.csv", 0, "unsupported_format") in got
     docs = [d for d in read_file(list_inputs([str(bad)], [])[0], Fields()) if isinstance(d, Document)]
     assert [d.text for d in docs] == ["fine", "fine again"]  # the task goes on after bad records
@@ -139,3 +140,72 @@ def test_byte_ranges_read_every_line_once(tmp_path):
     cut = lines[0].index(b"\xc3") + 1  # a range that starts inside a multi-byte character
     first, second = InputSlice(f, 0, cut), InputSlice(f, cut, f.size)
     assert list(read_slice(first, Fields())) + list(read_slice(second, Fields())) == whole
+
+
+def test_lone_surrogate_is_a_reject_with_its_line(tmp_path):
+    """JSON `\\ud800` decodes to a lone surrogate that UTF-8 cannot encode: that record alone is rejected."""
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b'{"text": "first"}\n{"text": "half a pair \\ud800 here"}\n{"text": "ok", "meta": ["\\uDFFF"]}\n'
+                     b'{"text": "a pair \\ud83d\\ude42, a backslash \\\\ud800"}\n{"\\udc00": 1, "text": "key"}\n{"text": "last"}\n')
+    items = list(read_file(list_inputs([str(path)], [])[0], Fields()))
+    rejects = [(r.line, r.reason) for r in items if isinstance(r, Reject)]
+    assert rejects == [(2, "invalid_unicode"), (3, "invalid_unicode"), (5, "invalid_unicode")]
+    assert "U+D800" in items[1].detail and "'text'" in items[1].detail
+    assert [d.text for d in items if isinstance(d, Document)] == ["first", "a pair \U0001f642, a backslash \\ud800", "last"]
+    assert all(isinstance(d, Reject) or d.text.encode() for d in items)
+
+
+def _numbered(n: int) -> bytes:
+    return b"".join(json.dumps({"id": str(i), "text": f"record {i} " + "word " * 40}).encode() + b"\n" for i in range(n))
+
+
+def _cut_zst(data: bytes) -> bytes:
+    z = zstandard.ZstdCompressor().compress(data)
+    return z[: len(z) // 2]
+
+
+def _corrupt_parquet(path: Path) -> bytes:
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(20_000)]}), path, row_group_size=5000)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 200] = bytes(200)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name, make", [
+    ("cut.jsonl.zst", lambda tmp: _cut_zst(_numbered(2000))),
+    ("cut.jsonl.gz", lambda tmp: gzip.compress(_numbered(2000))[:-3000]),
+    ("tiny.jsonl.zst", lambda tmp: zstandard.ZstdCompressor().compress(_numbered(10))[:8]),
+    ("garbage.jsonl.zst", lambda tmp: b"\x28\xb5\x2f\xfd" + bytes(range(256)) * 4),
+    ("cut.parquet", lambda tmp: _corrupt_parquet(tmp / "whole.parquet")[:-100]),
+    ("corrupt.parquet", lambda tmp: _corrupt_parquet(tmp / "whole.parquet")),
+])
+def test_truncated_or_corrupt_file_is_one_file_level_reject(tmp_path, name, make):
+    """Records up to the damage, then `corrupt_file` at line 0 with their count: not a bad_json, not empty_file."""
+    data = make(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / name).write_bytes(data)
+    items = list(read_file(list_inputs([str(tmp_path / "in")], [])[0], Fields()))
+    docs = [d for d in items if isinstance(d, Document)]
+    assert [(r.line, r.reason) for r in items if isinstance(r, Reject)] == [(0, "corrupt_file")], items[-3:]
+    assert items[-1].detail.startswith(f"truncated or corrupt after {len(docs):,} records: ")
+    assert [d.line for d in docs] == list(range(1, len(docs) + 1))
+    if name.startswith("cut.jsonl"):
+        assert 100 < len(docs) < 2000
+
+
+def test_multi_frame_zst_is_read_whole(tmp_path):
+    whole = _numbered(300)  # frames cut mid-line: a frame's end is not a record's
+    frames = b"".join(zstandard.ZstdCompressor().compress(whole[i:i + 4000]) for i in range(0, len(whole), 4000))
+    (tmp_path / "frames.jsonl.zst").write_bytes(frames)
+    (tmp_path / "empty_frame.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b""))
+    files = {f.path.name: f for f in list_inputs([str(tmp_path)], [])}
+    items = list(read_file(files["frames.jsonl.zst"], Fields()))
+    assert [d.id for d in items] == [str(i) for i in range(300)]
+    assert [(r.reason, r.line) for r in read_file(files["empty_frame.jsonl.zst"], Fields())] == [("empty_file", 0)]
+
+
+def test_system_errors_are_unreadable_not_corrupt():
+    assert broken_file("a.jsonl", 3, PermissionError(13, "Permission denied")).reason == "unreadable_file"
+    assert broken_file("a.jsonl.gz", 3, EOFError("cut")).reason == "corrupt_file"
+    assert broken_file("a.jsonl.gz", 3, gzip.BadGzipFile("bad")).reason == "corrupt_file"

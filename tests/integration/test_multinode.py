@@ -114,16 +114,18 @@ def test_rendered_script_on_two_nodes_saves_requeues_itself_and_finishes_bitwise
 def test_rendered_clean_script_runs(slurm_two_nodes, prepared, tmp_path):
     run_dir = tmp_path / "clean-run"
     run_dir.mkdir()
-    script = render(run_dir, prepared / "corpus", "clean", "cluster.profile=local-cluster", "clean.num_tasks=2")
-    assert "srun --ntasks=2" in script.read_text()
+    # 3 tasks, but a node of the local cluster gives 2: the allocation asks for 2 and runs 3 job steps in it.
+    script = render(run_dir, prepared / "corpus", "clean", "cluster.profile=local-cluster", "clean.num_tasks=3")
+    text = script.read_text()
+    assert "#SBATCH --ntasks=2" in text and "run_step filter 3" in text and "srun --ntasks=1 --exact" in text
     job = sbatch(script)
     wait_job(job, run_dir.parent / f"graine-clean-{job}.out", timeout=300)
     record = json.loads((run_dir / "clean" / "_COMPLETE.json").read_text())
-    assert record["num_tasks"]["filter"] == 2
+    assert record["num_tasks"]["filter"] == 3
     # The same documents kept and rejected for the same reasons as the inline run of one task.
     stats = json.loads((run_dir / "clean" / "stats.json").read_text())
     reference = json.loads((prepared / "data" / "clean" / "stats.json").read_text())
-    assert stats.pop("num_tasks") == 2 and reference.pop("num_tasks") == 1
+    assert stats.pop("num_tasks") == 3 and reference.pop("num_tasks") == 1
     assert stats == reference
 
 

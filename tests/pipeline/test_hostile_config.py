@@ -155,3 +155,13 @@ def test_make_clean_keeps_runs(tmp_path):
     assert (tmp_path / "runs" / "demo" / "ckpt").exists()
     assert subprocess.run(["make", "-s", "delete-runs", "CONFIRM=delete-my-runs"], cwd=tmp_path).returncode == 0
     assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_language_is_refused_before_submission(tmp_path, capsys):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text('{"text": "hello"}\n')
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "clean": {"inputs": [str(raw)]},
+                                   "cluster": {"profile": "local-cluster"}}))
+    assert main(["run", "clean", "-c", str(cfg), "--executor", "slurm", "--dry-run", "clean.languages=[en, xx]"]) == 2
+    assert "clean.languages" in capsys.readouterr().err and not (tmp_path / "run").exists()
