@@ -117,11 +117,9 @@ def test_run_directory_is_private_and_so_are_job_files(tmp_path):
     import os
     import stat
 
-    from pipeline import runner
-
     import toy_stages
 
-    from pipeline import stages
+    from pipeline import runner, stages
 
     toy_stages.register()
     old = os.umask(0o002)  # a permissive session, as on many clusters
