@@ -209,6 +209,9 @@ class ClusterConfig:
 @dataclass(kw_only=True)
 class RunConfig:
     run_dir: str = param("runs/demo", help="where every stage writes (on Jean Zay: under $SCRATCH)")
+    verify_inputs: Literal["sampled", "full"] = param("sampled", help="how each task checks the upstream outputs it "
+                                                       "reads against their records: sizes and sampled blocks, or "
+                                                       "every byte")
     run_dir_mode: str = param("0750", help="permissions (octal) of the run directory and of what graine writes "
                               "in it: 0750 lets the group read and nobody else write (job pickles run as code); "
                               "0770 lets the group write too")

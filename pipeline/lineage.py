@@ -22,6 +22,7 @@ from pathlib import Path
 from pipeline.config import RunConfig
 from pipeline.stage import Stage
 from pipeline.stages import folder_of
+from pipeline.verify import sample_hashes
 
 RECORD = "_COMPLETE.json"
 RESOLVED_CONFIG = "config.yaml"
@@ -133,6 +134,8 @@ def write_record(folder: Path, stage: Stage, fp: Fingerprint, started: float, ex
         "config_hash": fp.config_hash,
         "output_hash": digest(files),
         "files": files,
+        # Hashes of sampled blocks of the large files, for the cheap check of a downstream task's start.
+        "samples": {rel: h for rel in files if (h := sample_hashes(folder / rel))},
         "versions": versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -25,6 +25,7 @@ from pipeline.config import RunConfig, build
 from pipeline.lock import release_chain
 from pipeline.stage import Stage, TaskContext
 from pipeline.stages import folder_of
+from pipeline.verify import check_inputs
 
 log = logging.getLogger("graine")
 
@@ -118,6 +119,7 @@ class TaskRunner:
         apply_run_dir_mode(cfg)
         if step.kind == "gpu":
             return self._run_distributed()
+        check_inputs(Path(cfg.run_dir), self.stage.needs, full=cfg.verify_inputs == "full")
         paths = StagePaths(Path(cfg.run_dir), self.stage.name)
         setup_logging(rank)
         marker = paths.marker(self.step, rank)

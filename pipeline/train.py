@@ -20,6 +20,7 @@ from pipeline.distributed import init_process_group, launch_env, rank_zero_first
 from pipeline.engine import ensure_cpu_accelerator
 from pipeline.stage import Stage, Step, TaskContext
 from pipeline.trainer import TrainData, Trainer
+from pipeline.verify import check_inputs
 
 
 def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
@@ -32,8 +33,11 @@ def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
     # its own epochs as its weight asks. The index's prefix does not depend on this length, so raising
     # train.train_tokens later extends the same order and a resume stays valid.
     needed = -(-cfg.train.train_tokens // cfg.train.seq_len) + cfg.train.global_batch_size
-    # Rank 0 builds and publishes the cached indexes; the other ranks then map them read-only.
-    with rank_zero_first("building the sample index"):
+    # Rank 0 checks the upstream outputs against their records (one reader is enough), builds and
+    # publishes the cached indexes; the other ranks then map them read-only. A failure reaches every rank.
+    with rank_zero_first("checking the inputs and building the sample index"):
+        if ctx.rank == 0:
+            check_inputs(ctx.run_dir, ("preprocess", "tokenizer"), full=cfg.verify_inputs == "full")
         train = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="train", num_samples=needed,
                                    tokenizer_dir=tokenizer)
         try:
