@@ -99,6 +99,10 @@ def list_inputs(patterns: list[str], code_extensions: list[str]) -> list[InputFi
     for pattern in patterns:
         matched = [Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)]
         found = [f for p in matched for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
+        broken = [f for f in found if f.is_symlink() and not f.exists()]
+        if broken:
+            raise DataError(f"clean.inputs entry {pattern!r}: {broken[0]} is a broken symbolic link (to "
+                            f"{os.readlink(broken[0])}); restore its target or remove the link")
         found = [f for f in found if f.is_file() and not f.name.startswith(".")]
         if not found:
             raise DataError(f"clean.inputs entry {pattern!r} matches no file; check the path (globs such as "

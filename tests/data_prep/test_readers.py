@@ -209,3 +209,14 @@ def test_system_errors_are_unreadable_not_corrupt():
     assert broken_file("a.jsonl", 3, PermissionError(13, "Permission denied")).reason == "unreadable_file"
     assert broken_file("a.jsonl.gz", 3, EOFError("cut")).reason == "corrupt_file"
     assert broken_file("a.jsonl.gz", 3, gzip.BadGzipFile("bad")).reason == "corrupt_file"
+
+
+def test_broken_symlinks_among_inputs_are_named(tmp_path):
+    from data_prep.readers import list_inputs
+    from pipeline.errors import DataError
+
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "a.jsonl").write_text('{"text": "a"}\n')
+    (tmp_path / "raw" / "b.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    with pytest.raises(DataError, match=r"b\.jsonl is a broken symbolic link \(to .*gone\.jsonl\)"):
+        list_inputs([str(tmp_path / "raw")], [])
