@@ -125,7 +125,6 @@ def test_rendered_clean_script_runs(slurm_two_nodes, prepared, tmp_path):
     # The same documents kept and rejected for the same reasons as the inline run of one task.
     stats = json.loads((run_dir / "clean" / "stats.json").read_text())
     reference = json.loads((prepared / "data" / "clean" / "stats.json").read_text())
-    assert stats.pop("num_tasks") == 3 and reference.pop("num_tasks") == 1
     assert stats == reference
 
 
