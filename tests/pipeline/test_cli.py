@@ -1,18 +1,10 @@
 """The `graine` command in-process: dry runs, hand-run tasks and publication, status."""
 
 import pytest
-import toy_stages
 
-from pipeline import stages
 from pipeline.cli import main
 
-
-@pytest.fixture(autouse=True)
-def toys():
-    toy_stages.register()
-    yield
-    stages.unregister("toy-parts")
-    stages.unregister("toy-sum")
+pytestmark = pytest.mark.usefixtures("toys")
 
 
 def test_dry_run_prints_resolved_config_and_jobs_and_submits_nothing(tmp_path, capsys):

@@ -119,17 +119,15 @@ def test_run_directory_is_private_and_so_are_job_files(tmp_path):
 
     import toy_stages
 
-    from pipeline import runner, stages
+    from pipeline import runner
 
-    toy_stages.register()
     old = os.umask(0o002)  # a permissive session, as on many clusters
     try:
         cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "clean.num_tasks=2"])
-        runner.run(cfg, ["toy-parts"], executor="local")
+        with toy_stages.registered():
+            runner.run(cfg, ["toy-parts"], executor="local")
     finally:
         os.umask(old)
-        stages.unregister("toy-parts")
-        stages.unregister("toy-sum")
     assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o750
     for path in (tmp_path / "run").rglob("*"):
         mode = stat.S_IMODE(path.lstat().st_mode)

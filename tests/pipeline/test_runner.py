@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import toy_stages
 
 from pipeline import runner
 from pipeline.config import load_config
@@ -21,16 +20,7 @@ from pipeline.status import stage_status
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(autouse=True)
-def toys(monkeypatch):
-    toy_stages.register()
-    for key in ("TOY_EXEC_LOG", "TOY_DELAY", "TOY_FAIL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    yield
-    from pipeline import stages
-
-    stages.unregister("toy-parts")
-    stages.unregister("toy-sum")
+pytestmark = pytest.mark.usefixtures("toys")
 
 
 def cfg_for(run_dir, *overrides):

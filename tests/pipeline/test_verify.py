@@ -6,20 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import toy_stages
 
 from pipeline import lineage, runner, stages
 from pipeline.config import load_config
 from pipeline.errors import DataError, StageError
 from pipeline.verify import BLOCK, WHOLE, block_offsets, check_folder, check_inputs
 
-
-@pytest.fixture(autouse=True)
-def toys():
-    toy_stages.register()
-    yield
-    stages.unregister("toy-parts")
-    stages.unregister("toy-sum")
+pytestmark = pytest.mark.usefixtures("toys")
 
 
 def published(tmp_path, files: dict[str, bytes]):

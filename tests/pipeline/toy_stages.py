@@ -7,6 +7,7 @@ TOY_DELAY (seconds per task), TOY_FAIL_RANK (that rank raises).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -55,6 +56,17 @@ PARTS = Stage(name="toy-parts", needs=(), sections=("seed", "clean"),
               steps=(Step("write", write_part, num_parts), Step("merge", merge_parts)),
               summary=lambda d: f"{len((d / 'all.txt').read_text().splitlines())} lines")
 SUM = Stage(name="toy-sum", needs=("toy-parts",), sections=("tokenizer",), steps=(Step("sum", sum_lines),))
+
+
+@contextlib.contextmanager
+def registered():
+    """The toy stages, registered for the duration of the block."""
+    register()
+    try:
+        yield
+    finally:
+        stages.unregister(PARTS.name)
+        stages.unregister(SUM.name)
 
 
 def register() -> None:
