@@ -5,7 +5,8 @@ Layout under `<run_dir>/checkpoints/`:
         graine_state.json    step, consumed samples/tokens, sample-index fingerprint, LR state, lineage,
                              loss and throughput at save time
         config.yaml          the resolved run config
-        rng/rank<R>.pt       each rank's python/numpy/torch/cuda RNG states, written by that rank
+        rng/rank<R>.pt       each rank's python/numpy/torch/cuda RNG states, written by that rank (tensors,
+                             lists and numbers only: read back with weights_only=True)
         manifest.json        size and sha256 of every file above
     latest                   the tag of the newest published checkpoint (replaced atomically)
 
@@ -13,6 +14,9 @@ A save writes `.tmp-global_step<N>/`, fsyncs and hashes every file (shared acros
 manifest, renames the folder, and only then moves `latest`. Every rank reports success before the
 next phase starts, so a failure anywhere (disk full, read-only directory) leaves `latest` and the
 previous checkpoints untouched, and raises the same CheckpointError on every rank.
+
+Checkpoints are untrusted input (checkpoints.safe_load): before DeepSpeed unpickles one, every pickle in
+it is checked against an allow-list of globals, and graine reads its own files with weights_only=True.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from checkpoints import manifest
+from checkpoints import manifest, safe_load
 from checkpoints.retention import prune, published_steps
 from pipeline.errors import CheckpointError
 
@@ -82,15 +86,20 @@ def _maybe_fail(phase: str, tag: str) -> None:
 
 # ------------------------------------------------------------------------------------- RNG states
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as tensors, lists and numbers: loadable with weights_only=True."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, cached),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]  # keys: a list, or an ndarray in older checkpoints
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -244,8 +253,22 @@ class Checkpointer:
         errors = gather_errors(error)
         return "; ".join(errors) if errors else None
 
+    def check_safe(self, folder: Path) -> None:
+        """Refuse, on every rank, a checkpoint folder holding a pickle whose loading could run code (a global
+        outside safe_load's allow-list), unless the user trusts it; each rank checks its share of the files."""
+        problems = safe_load.folder_problems(folder, self.rank, self.world)
+        if self.world > 1:
+            everyone = [None] * self.world
+            dist.all_gather_object(everyone, problems)
+            problems = [p for share in everyone for p in share]
+        if problems:
+            raise safe_load.UnsafeCheckpointError(safe_load.refusal_of(folder, problems))
+
     def load(self, engine) -> dict | None:
         """Restore engine, optimizer and this rank's RNG from the newest valid checkpoint.
+
+        Every pickle DeepSpeed will load is checked first (check_safe), and graine's own RNG file is read with
+        weights_only=True: a checkpoint whose files could run code is refused, naming the file and global.
 
         Returns graine's saved state (with `path`), or None when there is nothing to resume from.
         """
@@ -255,7 +278,7 @@ class Checkpointer:
         # Same world size: DeepSpeed's own load. Another one: the step's universal conversion.
         from checkpoints.universal import load_engine_state
 
-        loaded, _ = load_engine_state(engine, folder, self.world)
+        loaded, _ = load_engine_state(engine, folder, self.world, check=self.check_safe)
         if loaded is None:
             raise CheckpointError(f"DeepSpeed could not load {folder}; see the messages above")
         state = json.loads((folder / STATE).read_text())
@@ -264,7 +287,7 @@ class Checkpointer:
         if saved_world != self.world and self.rank == 0:
             log.warning("%s was saved by %d ranks and resumes on %d: RNG streams are reused, "
                         "so dropout masks will differ from an uninterrupted run", folder, saved_world, self.world)
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(safe_load.load(rng_file))
         return {**state, "path": str(folder)}
 
 

@@ -4,7 +4,8 @@
     graine checkpoint universal STEP -c CONFIG   checkpoints/global_step<N>_universal/ (resume on other rank counts)
     graine checkpoint dump STEP -c CONFIG        dumps/global_step<N>/ (fp32 weights and Adam moments per parameter)
 
-STEP is a step number or `latest`.
+STEP is a step number or `latest`. `universal` and `dump` refuse a checkpoint holding a pickle that
+could run code (checkpoints.safe_load) unless `--trust-checkpoint PATH` names it.
 """
 
 from __future__ import annotations

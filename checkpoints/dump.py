@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoints import manifest
+from checkpoints import manifest, safe_load
 from checkpoints.checkpointer import STATE, TMP_PREFIX
 from checkpoints.export import write_sharded
 from checkpoints.universal import (
@@ -47,7 +47,7 @@ def parameter_groups(source: Path) -> list[dict[str, tuple[int, ...]]]:
     """Per optimizer group, {name: shape} in the optimizer's order (DeepSpeed's `param_shapes`)."""
     groups: list[dict[str, tuple[int, ...]]] = []
     for path in sorted(source.glob("*model_states.pt")):
-        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("param_shapes") or []
+        saved = safe_load.load(path, mmap=True).get("param_shapes") or []
         for i, shapes in enumerate(saved):
             if i == len(groups):
                 groups.append({})
@@ -63,7 +63,7 @@ def _reader(zero: Path, shapes: dict[str, tuple[int, ...]]):
         if not path.is_file():
             raise CheckpointError(f"the universal conversion has no {state} for {name} ({path}); the parameter "
                                   "had no optimizer state (frozen, or never given a gradient)")
-        value = torch.load(path, map_location="cpu", weights_only=False)
+        value = safe_load.load(path)
         tensor = value["param"] if isinstance(value, dict) else value
         if tensor.numel() != _numel(shapes[name]):
             raise CheckpointError(f"{path} has {tensor.numel()} values, the parameter {name} {shapes[name]}")
@@ -88,12 +88,15 @@ def dump(source: Path, out_root: Path, max_shard_gb: float = 2.0, force: bool = 
     if not force and manifest.verify(final, full=False) is None and _made_from(final, source):
         log.info("%s is up to date", final)
         return final
+    # Before anything is written: the source is unpickled by ds_to_universal (weights_only=False), a
+    # published conversion by graine (weights_only=True): refuse either early, naming file and global.
+    universal = universal_of(source)
+    safe_load.require_safe(source, *([universal] if check_universal(universal, source) is None else []))
     tmp = out_root / f"{TMP_PREFIX}{source.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        universal = universal_of(source)
         if check_universal(universal, source) is not None:
             universal = tmp / ".universal"
             run_ds_to_universal(source, universal, 0)
@@ -119,7 +122,7 @@ def _made_from(dumped: Path, source: Path) -> bool:
 def _adam_step(step_file: Path, common: dict) -> float | None:
     """Adam's step count: per parameter after ZeRO 1/2 conversions, in the optimizer state after ZeRO-3."""
     if step_file.is_file():
-        return float(torch.load(step_file, weights_only=False))
+        return float(safe_load.load(step_file))
     for group_state in ((common.get("optimizer_state_dict") or {}).get("state") or {}).values():
         if "step" in group_state:
             return float(group_state["step"])
@@ -135,7 +138,7 @@ def _write_states(source: Path, zero: Path, out: Path, max_bytes: int) -> dict:
     for state in STATES:
         files[state] = write_sharded(names, lambda n: 4 * _numel(shapes[n]), lambda n, s=state: load(s, n),
                                      out, state, max_bytes)
-    common = torch.load(zero / "optimizer_state.pt", map_location="cpu", weights_only=False)
+    common = safe_load.load(zero / "optimizer_state.pt")
     hyper = ("lr", "betas", "eps", "weight_decay", "amsgrad")
     param_groups = [{**{k: g[k] for k in hyper if k in g}, "params": list(group)}
                     for g, group in zip(common.get("param_groups", []), groups)]

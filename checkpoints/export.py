@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from checkpoints import safe_load
 from checkpoints.hf_mapping import hf_config, to_hf_state_dict
 from checkpoints.select import checkpoint_dir, latest_folder, parse_step, select_checkpoint
 from checkpoints.universal import manifest_sha256, optimizer_files
@@ -90,7 +91,11 @@ def saved_model_config(folder: Path) -> ModelConfig:
 
 
 def consolidated_fp32(folder: Path) -> dict[str, torch.Tensor]:
-    """fp32 weights of the checkpoint `folder`, whatever its ZeRO stage and number of ranks."""
+    """fp32 weights of the checkpoint `folder`, whatever its ZeRO stage and number of ranks.
+
+    DeepSpeed's zero_to_fp32 unpickles the folder's files with weights_only=False: they are checked first
+    (safe_load); without ZeRO, graine reads the model states itself with weights_only=True."""
+    safe_load.require_safe(folder)
     if optimizer_files(folder):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -102,7 +107,7 @@ def consolidated_fp32(folder: Path) -> dict[str, torch.Tensor]:
     if not files:
         raise CheckpointError(f"{folder} has neither ZeRO partitions nor mp_rank_*_model_states.pt; it is not "
                               "a DeepSpeed checkpoint")
-    module = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    module = safe_load.load(files[0])["module"]
     if any(v.dtype != torch.float32 for v in module.values()):
         log.warning("%s was saved without ZeRO in reduced precision: exporting its bf16/fp16 weights", folder)
     return {k: v.float() for k, v in module.items()}

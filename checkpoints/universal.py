@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoints import manifest
+from checkpoints import manifest, safe_load
 from checkpoints.checkpointer import CONFIG, STATE, TMP_PREFIX
 from pipeline.errors import CheckpointError
 
@@ -113,7 +113,9 @@ def convert(source: Path, workers: int = 0, force: bool = False) -> Path:
 
 
 def run_ds_to_universal(source: Path, out: Path, workers: int) -> None:
-    """DeepSpeed's converter in a child process (it starts worker pools and prints its progress)."""
+    """DeepSpeed's converter in a child process (it starts worker pools and prints its progress). It
+    unpickles `source` with weights_only=False: it is checked first (safe_load), whoever calls this."""
+    safe_load.require_safe(source)
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source),
            "--output_folder", str(out), "--num_extract_workers", str(workers),
@@ -147,9 +149,13 @@ def _write_pointer(path: Path, tag: str) -> None:
 
 
 # ----------------------------------------------------------------------------------- resume hook
-def load_engine_state(engine, folder: Path, world_size: int, load=None):
+def load_engine_state(engine, folder: Path, world_size: int, load=None, check=None):
     """`engine.load_checkpoint` of the checkpoint `folder`, through its universal conversion when it
     was saved by another number of ranks (see `load_tag`). Returns what load_checkpoint returns.
+
+    DeepSpeed unpickles with weights_only=False: `check` (default safe_load.require_safe, one process;
+    the checkpointer passes its collective one) first refuses the checkpoint, and the conversion loaded
+    instead of it, when one of their pickles names a global outside safe_load's allow-list.
 
     Two repairs after DeepSpeed 0.19's ZeRO-3 universal load, without which the run drifts from the
     uninterrupted one (relative loss error ~4e-4 after 8 steps, where ZeRO 1/2 continue bit for bit):
@@ -162,6 +168,9 @@ def load_engine_state(engine, folder: Path, world_size: int, load=None):
     load = load or engine.load_checkpoint
     folder = Path(folder)
     tag = load_tag(folder, engine, world_size)
+    check = check or safe_load.require_safe
+    for loaded in dict.fromkeys([folder, folder.parent / tag]):
+        check(loaded)
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
     groups = [{k: v for k, v in g.items() if k != "params"} for g in getattr(inner, "param_groups", [])]
     result = load(str(folder.parent), tag=tag, load_lr_scheduler_states=False)
