@@ -281,7 +281,7 @@ class Checkpointer:
         loaded, _ = load_engine_state(engine, folder, self.world, check=self.check_safe)
         if loaded is None:
             raise CheckpointError(f"DeepSpeed could not load {folder}; see the messages above")
-        state = json.loads((folder / STATE).read_text())
+        state = read_state(folder)
         saved_world = int(state.get("world_size", self.world))
         rng_file = folder / "rng" / f"rank{self.rank % saved_world:05d}.pt"
         if saved_world != self.world and self.rank == 0:
@@ -289,6 +289,19 @@ class Checkpointer:
                         "so dropout masks will differ from an uninterrupted run", folder, saved_world, self.world)
         set_rng_state(safe_load.load(rng_file))
         return {**state, "path": str(folder)}
+
+
+def read_state(folder: Path) -> dict:
+    """The checkpoint's graine_state.json; CheckpointError naming the file if it is not a JSON object."""
+    path = Path(folder) / STATE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path} cannot be read as graine's checkpoint state ({type(exc).__name__}: {exc}); "
+                              "the checkpoint is damaged or not graine's: move it away to resume from an earlier one") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not graine's checkpoint state")
+    return state
 
 
 # --------------------------------------------------------------------------------- latest pointer

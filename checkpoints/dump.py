@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from checkpoints import manifest, safe_load
-from checkpoints.checkpointer import STATE, TMP_PREFIX
+from checkpoints.checkpointer import TMP_PREFIX, read_state
 from checkpoints.export import write_sharded
 from checkpoints.universal import (
     check_universal,
@@ -143,7 +143,7 @@ def _write_states(source: Path, zero: Path, out: Path, max_bytes: int) -> dict:
     param_groups = [{**{k: g[k] for k in hyper if k in g}, "params": list(group)}
                     for g, group in zip(common.get("param_groups", []), groups)]
     adam_step = _adam_step(zero / names[0] / "step.pt", common)
-    state = json.loads((source / STATE).read_text())
+    state = read_state(source)
     return {
         "step": state["step"], "consumed_samples": state.get("consumed_samples"),
         "consumed_tokens": state.get("consumed_tokens"), "loss": state.get("loss"),

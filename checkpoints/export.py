@@ -30,6 +30,7 @@ import torch
 import yaml
 
 from checkpoints import safe_load
+from checkpoints.checkpointer import read_state
 from checkpoints.hf_mapping import hf_config, to_hf_state_dict
 from checkpoints.select import checkpoint_dir, latest_folder, parse_step, select_checkpoint
 from checkpoints.universal import manifest_sha256, optimizer_files
@@ -122,7 +123,7 @@ def check_tokenizer(folder: Path, tokenizer_dir: Path, rows: int) -> dict:
         raise CheckpointError(f"{tokenizer_dir} lacks {', '.join(missing)}; re-run the tokenizer stage "
                               "(`graine run tokenizer --force`)")
     info = tokenizer_info(tokenizer_dir)
-    state = json.loads((folder / "graine_state.json").read_text())
+    state = read_state(folder)
     trained_with = (state.get("lineage") or {}).get("tokenizer_model")
     if trained_with and trained_with != info.hash:
         raise CheckpointError(f"{folder} was trained with tokenizer {trained_with}, but {tokenizer_dir} holds "
@@ -160,7 +161,7 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copy2(tokenizer_dir / name, out / name)
-    state = json.loads((folder / "graine_state.json").read_text())
+    state = read_state(folder)
     record = {"step": state["step"], "consumed_tokens": state.get("consumed_tokens"), "loss": state.get("loss"),
               "source": str(folder), "source_manifest_sha256": manifest_sha256(folder),
               "saved_world_size": state.get("world_size"), "dtype": export.dtype, "weights": files,

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from checkpoints import manifest, safe_load
-from checkpoints.checkpointer import CONFIG, STATE, TMP_PREFIX
+from checkpoints.checkpointer import CONFIG, STATE, TMP_PREFIX, read_state
 from pipeline.errors import CheckpointError
 
 log = logging.getLogger("graine.checkpoints")
@@ -54,7 +54,7 @@ def manifest_sha256(folder: Path) -> str:
 
 def saved_world_size(folder: Path) -> int | None:
     try:
-        return int(json.loads((folder / STATE).read_text())["world_size"])
+        return int(read_state(folder)["world_size"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

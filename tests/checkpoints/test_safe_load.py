@@ -196,7 +196,9 @@ def test_a_pickle_in_place_of_the_json_state_runs_nothing(zero2, tmp_path, marke
     (folder / "graine_state.json").write_bytes(pickle.dumps(Payload(marker), protocol=0))
     manifest.seal(folder)
     result, output = launch(run_dir, LONGER)
-    assert result.startswith("error:"), output[-4000:]
+    assert result.startswith("error: CheckpointError"), output[-4000:]
+    assert "graine_state.json cannot be read as graine's checkpoint state" in result
+    assert not marker.exists()
 
 
 def test_a_trusted_checkpoint_loads(zero2, tmp_path):
