@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,21 @@ def failure(handle: Handle, exc: BaseException) -> StageError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return StageError(f"{handle.label} failed (job {job.job_id}): {type(exc).__name__}: {first}\n"
                       f"  log: {err}\n  last lines:\n{tail(err)}")
+
+
+WARNING_LINE = re.compile(r" WARNING (?:\[rank \d+\] )?graine[.\w]*: ")
+
+
+def relay_warnings(handle: Handle) -> None:
+    """Repeat on the console the warnings graine logged inside a finished job (a checkpoint skipped as
+    damaged at resume, an epoch boundary...): otherwise they are only in the job's log file."""
+    err = getattr(getattr(handle.job, "paths", None), "stderr", None)
+    try:
+        text = Path(err).read_text(errors="replace") if err else ""
+    except OSError:
+        return
+    for line in dict.fromkeys(line for line in text.splitlines() if WARNING_LINE.search(line)):
+        log.warning("%s (job %s): %s", handle.label, handle.job_id, WARNING_LINE.split(line, 1)[-1])
 
 
 class Executor:
@@ -183,6 +199,7 @@ class LocalExecutor(Executor):
                 h.result = h.job.results()[0]
             except Exception as exc:  # submitit raises FailedJobError with the remote traceback
                 failed.append(failure(h, exc))
+            relay_warnings(h)
         if failed:
             more = f" (and {len(failed) - 1} more failed task(s))" if len(failed) > 1 else ""
             raise StageError(f"{failed[0]}{more}")

@@ -81,3 +81,23 @@ def test_pretrain_refuses_a_modified_shard(tmp_path):
     with pytest.raises(StageError, match=rf"{shard.name} does not match its sha256.*stage preprocess changed"):
         runner.run(cfg, ["pretrain"], executor="inline")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_warnings_reach_the_console(tmp_path, caplog):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
+    import tiny_run
+
+    tiny_run.prepare(tmp_path / "run", tmp_path / "corpus")
+    cfg = tiny_run.config(tmp_path / "run", tmp_path / "corpus", "train.devices_per_node=1")
+    runner.run(cfg, ["pretrain"], executor="local")
+    latest = tmp_path / "run" / "checkpoints" / "global_step16"
+    flip(next(p for p in sorted(latest.rglob("*.pt"))), 200)  # damaged: resume falls back to step 12
+    longer = tiny_run.config(tmp_path / "run", tmp_path / "corpus", "train.devices_per_node=1",
+                             "train.train_tokens=2560", "train.decay_tokens=2560")
+    with caplog.at_level("WARNING", logger="graine"):
+        runner.run(longer, ["pretrain"], executor="local", force=True)
+    relayed = [r.getMessage() for r in caplog.records if "training job (job" in r.getMessage()]
+    assert any("resuming from global_step12 instead of the damaged global_step16" in m for m in relayed), relayed
