@@ -325,14 +325,15 @@ def write_latest(ckpt_dir: Path, tag: str) -> None:
 
 # ----------------------------------------------------------------------- helpers for graine status
 def latest_checkpoint_info(run_dir: str | Path) -> dict | None:
-    """{step, tokens, samples, loss, path, time} of the checkpoint `latest` names, or of the newest
-    checkpoint with a manifest; None if there is none. Cheap: checksums are not recomputed."""
+    """{step, tokens, samples, loss, path, time} of the checkpoint `latest` names, or else of the newest
+    one, that has its manifest and the files it lists at their sizes; None if there is none. Cheap:
+    checksums are not recomputed (resuming does)."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     tag = read_latest(ckpt_dir)
     folders = [ckpt_dir / tag] if tag else []
     folders += [p for _, p in sorted(published_steps(ckpt_dir).items(), reverse=True)]
     for folder in folders:
-        if not (folder / manifest.MANIFEST).is_file():
+        if manifest.verify(folder, full=False) is not None:  # no manifest, or a file missing or resized
             continue
         try:
             state = json.loads((folder / STATE).read_text())

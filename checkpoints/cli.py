@@ -25,9 +25,9 @@ from pipeline.errors import ConfigError
 DUMPS = "dumps"
 
 
-def checkpoint_command(cfg: RunConfig, action: str, step: str | None) -> int:
+def checkpoint_command(cfg: RunConfig, action: str, step: str | None, full: bool = False) -> int:
     if action == "list":
-        print(format_list(cfg))
+        print(format_list(cfg, full=full))
         return 0
     if step is None:
         raise ConfigError(f"`graine checkpoint {action}` needs a STEP (a step number or 'latest'); "
@@ -53,15 +53,15 @@ def checkpoint_command(cfg: RunConfig, action: str, step: str | None) -> int:
 
 
 # ---------------------------------------------------------------------------------------- list
-def checkpoint_rows(cfg: RunConfig) -> list[dict]:
-    """One row per published checkpoint, oldest first (cheap: sizes are checked, not checksums)."""
+def checkpoint_rows(cfg: RunConfig, full: bool = False) -> list[dict]:
+    """One row per published checkpoint, oldest first (cheap: sizes are checked; `full`: checksums too)."""
     ckpt_dir = checkpoint_dir(cfg.run_dir)
     latest = read_latest(ckpt_dir)
     rows = []
     for step, folder in sorted(published_steps(ckpt_dir).items()):
         entries, why = manifest.read_manifest(folder)
         if entries is not None:
-            why = manifest.check_entries(folder, entries, full=False)
+            why = manifest.check_entries(folder, entries, full=full)
         try:
             state = json.loads((folder / STATE).read_text())
         except (OSError, ValueError):
@@ -83,9 +83,9 @@ def _du(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def format_list(cfg: RunConfig) -> str:
+def format_list(cfg: RunConfig, full: bool = False) -> str:
     ckpt_dir = checkpoint_dir(cfg.run_dir)
-    rows = checkpoint_rows(cfg)
+    rows = checkpoint_rows(cfg, full=full)
     if not rows:
         return f"no checkpoints in {ckpt_dir}"
     head = f"{'step':>8}  {'size':>10}  {'tokens':>15}  {'loss':>8}  {'ranks':>5}  {'saved at':<19}  state"
@@ -102,8 +102,11 @@ def format_list(cfg: RunConfig) -> str:
     if partial:
         lines.append(f"being written or abandoned (never resumed from): {', '.join(partial)}")
     total = sum(r["bytes"] for r in rows)
-    lines.append(f"{len(rows)} checkpoint(s), {_size(total)}; validity = manifest present and file sizes match "
-                 f"(checksums are verified when resuming); releases: every {cfg.checkpoint.keep_every or '-'} steps "
+    checks = ("manifest present, file sizes and sha256 checksums match" if full else
+              "manifest present and file sizes match; checksums not recomputed (they are when resuming; "
+              "--full recomputes them here)")
+    lines.append(f"{len(rows)} checkpoint(s), {_size(total)}; checks run: {checks}; releases: every "
+                 f"{cfg.checkpoint.keep_every or '-'} steps "
                  f"(checkpoint.keep_every), kept forever; listed {time.strftime('%Y-%m-%dT%H:%M:%S')}")
     return "\n".join(lines)
 

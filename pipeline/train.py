@@ -89,7 +89,7 @@ def summary(out_dir: Path) -> str:
                      "command resumes it")
     if info:
         loss = f"loss {info['loss']:.4f}, " if isinstance(info.get("loss"), float) else ""
-        lines.append(f"latest checkpoint: step {info.get('step')}, {info.get('tokens') or 0:,} tokens, "
+        lines.append(f"latest valid checkpoint (manifest and sizes): step {info.get('step')}, {info.get('tokens') or 0:,} tokens, "
                      f"{loss}{info.get('path')}")
     last = last_metrics(out_dir.parent)
     if last and not (result and result.get("result") == "done"):

@@ -93,8 +93,19 @@ def test_resume_warnings_reach_the_console(tmp_path, caplog):
     tiny_run.prepare(tmp_path / "run", tmp_path / "corpus")
     cfg = tiny_run.config(tmp_path / "run", tmp_path / "corpus", "train.devices_per_node=1")
     runner.run(cfg, ["pretrain"], executor="local")
+    from checkpoints.checkpointer import latest_checkpoint_info
+    from checkpoints.cli import format_list
+
     latest = tmp_path / "run" / "checkpoints" / "global_step16"
-    flip(next(p for p in sorted(latest.rglob("*.pt"))), 200)  # damaged: resume falls back to step 12
+    damaged = next(p for p in sorted(latest.rglob("*.pt")))
+    flip(damaged, 200)
+    cheap, full = format_list(cfg).splitlines(), format_list(cfg, full=True).splitlines()
+    row = next(line for line in cheap if line.strip().startswith("16 "))
+    assert "valid" in row and "INVALID" not in row and "checksums not recomputed" in cheap[-1]
+    row = next(line for line in full if line.strip().startswith("16 "))
+    assert "INVALID" in row and "does not match its sha256" in row and "sha256 checksums match" in full[-1]
+    damaged.write_bytes(damaged.read_bytes()[:-1])  # now its size differs too: even the cheap check sees it
+    assert latest_checkpoint_info(tmp_path / "run")["step"] == 12  # what `graine status` names
     longer = tiny_run.config(tmp_path / "run", tmp_path / "corpus", "train.devices_per_node=1",
                              "train.train_tokens=2560", "train.decay_tokens=2560")
     with caplog.at_level("WARNING", logger="graine"):
