@@ -19,6 +19,7 @@ The stage's identity includes the manifest of the checkpoint it exports (`extern
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,11 +30,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from checkpoints import safe_load
+from checkpoints import manifest, safe_load
 from checkpoints.checkpointer import read_state
 from checkpoints.hf_mapping import hf_config, to_hf_state_dict
 from checkpoints.select import checkpoint_dir, latest_folder, parse_step, select_checkpoint
-from checkpoints.universal import manifest_sha256, optimizer_files
+from checkpoints.universal import optimizer_files
 from pipeline.config import ExportConfig, ModelConfig, RunConfig, build
 from pipeline.errors import CheckpointError
 from pipeline.stage import Stage, Step, TaskContext
@@ -163,7 +164,10 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
             shutil.copy2(tokenizer_dir / name, out / name)
     state = read_state(folder)
     record = {"step": state["step"], "consumed_tokens": state.get("consumed_tokens"), "loss": state.get("loss"),
-              "source": str(folder), "source_manifest_sha256": manifest_sha256(folder),
+              # Relative to the run directory, and the checksums of the checkpoint's weights and optimizer
+              # states only (its state file holds the save time, its config the run directory): two runs
+              # that trained the same model release byte-identical folders.
+              "source": f"{folder.parent.name}/{folder.name}", "source_weights_sha256": weights_sha256(folder),
               "saved_world_size": state.get("world_size"), "dtype": export.dtype, "weights": files,
               "parameters": sum(v.numel() for v in hf.values()),
               "bytes": sum(v.numel() * v.element_size() for v in hf.values())}
@@ -193,7 +197,7 @@ def export_step(ctx: TaskContext) -> None:
     ctx.log.info("exporting %s as %s safetensors", folder, cfg.export.dtype)
     record = export_checkpoint(folder, ctx.input_dir("tokenizer"), ctx.out_dir / folder.name, cfg.export)
     _carry_over(ctx.run_dir / STAGE.folder, ctx.out_dir, folder.name)
-    last = {**record, "path": str(ctx.run_dir / STAGE.folder / folder.name)}
+    last = {**record, "path": f"{STAGE.folder}/{folder.name}"}  # relative to the run directory
     (ctx.out_dir / LAST).write_text(json.dumps(last, indent=1, sort_keys=True))
 
 
@@ -206,12 +210,21 @@ def checkpoint_manifest(cfg: RunConfig) -> list[Path]:
     return [path] if path is not None and path.is_file() else []
 
 
+def weights_sha256(folder: Path) -> str:
+    """sha256 over the manifest entries of the checkpoint's tensors (not its state file or config)."""
+    entries, why = manifest.read_manifest(folder)
+    if entries is None:
+        raise CheckpointError(f"{folder} has no valid manifest ({why})")
+    tensors = {rel: e["sha256"] for rel, e in sorted(entries.items()) if rel.endswith(".pt")}
+    return hashlib.sha256(json.dumps(tensors, sort_keys=True).encode()).hexdigest()
+
+
 def summary(out_dir: Path) -> str:
     last = json.loads((out_dir / LAST).read_text())
     tokens = f"{last['consumed_tokens']:,} tokens, " if last.get("consumed_tokens") is not None else ""
     loss = f"loss {last['loss']:.4f}, " if last.get("loss") is not None else ""
     return (f"step {last['step']} ({tokens}{loss}{last['parameters']:,} parameters) exported as {last['dtype']} "
-            f"BloomForCausalLM to {last['path']} ({last['bytes'] / 1e6:.1f} MB in {len(last['weights'])} file(s)); "
+            f"BloomForCausalLM to {out_dir.parent / last['path']} ({last['bytes'] / 1e6:.1f} MB in {len(last['weights'])} file(s)); "
             "load it with transformers.AutoModelForCausalLM.from_pretrained")
 
 

@@ -1,16 +1,25 @@
 """Stage `clean`: raw documents -> normalised, language-identified, filtered, redacted, deduplicated shards.
 
+Every document has a global key (input file index << 32 | line: sorted input path, then position). The
+published documents are in **key order**, cut into part files by cumulative size, so that `clean/` is
+byte-identical whatever `clean.num_tasks` and whichever task processed what (the canonical order).
+
 Steps (each task writes only its own files, each under a temporary name renamed when complete):
-  filter   N tasks  read a size-balanced share of the inputs (big uncompressed jsonl files in byte ranges);
-                    normalise, identify the language, filter, redact PII; kept documents, their keys, exact
-                    hashes, MinHash signatures and LSH band hashes go to work_dir/filter/<rank>/;
-                    exclusions and rejects are written beside.
+  filter   N tasks  task r reads the r-th contiguous, size-balanced run of the inputs in key order (big
+                    uncompressed jsonl files cut into byte ranges); normalise, identify the language, filter,
+                    redact PII; kept documents (in key order), their keys, text sizes, exact hashes, MinHash
+                    signatures and LSH band hashes go to work_dir/filter/<rank>/, excluded ones and rejects
+                    beside. Concatenated in rank order, the tasks' outputs are the corpus in key order.
   dedup    N tasks  task r owns the hashes with hash % N == r: exact groups and verified LSH pairs -> edges.
-  clusters 1 task   join the edges; keep the smallest key (first in input order) of each cluster.
-  write    N tasks  drop the removed documents from filter task r's output: clean/part-<rank>.jsonl.zst.
+  clusters 1 task   join the edges; keep the smallest key (first in input order) of each cluster; cut the
+                    kept documents, the duplicates and the excluded documents, each in key order, into
+                    files by cumulative text size (`PART_BYTES`): the layout, which depends only on the data.
+  write    N tasks  task r writes the r-th contiguous run of the layout's files: clean/part-<k>.jsonl.zst,
+                    excluded/duplicates-<k>.jsonl.zst and excluded/filtered-<k>.jsonl.zst.
   stats    1 task   merge per-task counts into clean/stats.json, clean/summary.txt and clean/rejects.jsonl;
                     fails (nothing published) when no document is kept, with the drop reasons.
 
+Per-run facts (task counts, jobs, hosts, times) are in the completion record, never in the outputs.
 An input that cannot be read to its end (truncated .gz/.zst, corrupt parquet) fails its filter task,
 naming the file, unless clean.on_corrupt_file=skip; `clean.languages` is checked against the
 language-id model's labels when a filter task starts and by the stage's `check`.
@@ -18,11 +27,15 @@ language-id model's labels when a filter task starts and by the stage's `check`.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import zstandard
 from tqdm import tqdm
 
 from data_prep import clean_stats as report
@@ -43,7 +56,7 @@ from data_prep.filters import (
     params_for,
     remove_boilerplate,
 )
-from data_prep.jsonl import JsonlWriter, read_jsonl, write_json, write_npy
+from data_prep.jsonl import ZSTD_LEVEL, JsonlWriter, dumps, read_jsonl, write_json, write_npy
 from data_prep.langid import LanguageIdentifier, check_languages
 from data_prep.minhash import MinHasher, band_hashes, is_cjk
 from data_prep.normalize import Normalizer
@@ -53,8 +66,8 @@ from data_prep.readers import (
     Document,
     Fields,
     InputFile,
+    InputSlice,
     Reject,
-    assign_files,
     list_inputs,
     read_slice,
     split_inputs,
@@ -66,6 +79,10 @@ from pipeline.stage import Stage, Step, TaskContext, one_task
 REASON_NAMES = {EXACT: "exact_duplicate", 1: "near_duplicate"}
 MINHASH_SEED = 1  # fixed: signatures are comparable across runs and configs
 BATCH_DOCS = 512  # documents cleaned phase by phase (DocumentCleaner.batch); input order is kept
+# Published files are cut from the key-ordered documents every PART_BYTES of text (UTF-8): a document
+# whose text starts at cumulative offset o goes to piece o // PART_BYTES (empty pieces are skipped).
+# A constant, not a setting: the cut must not depend on anything but the data.
+PART_BYTES = 256 << 20
 
 
 def num_tasks(cfg: RunConfig) -> int:
@@ -157,28 +174,51 @@ def exact_hash(text: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------- filter
+def filter_slices(cfg: CleanConfig, world: int) -> list[list[InputSlice]]:
+    """What each filter task reads: the r-th contiguous, size-balanced run of the inputs in key order."""
+    return contiguous(split_inputs(list_inputs(cfg.inputs, cfg.code_extensions), world), world)
+
+
+def contiguous(slices: list[InputSlice], world: int) -> list[list[InputSlice]]:
+    """Cut slices into `world` runs in key order: a slice goes to the task whose equal share of the total
+    size holds its middle byte. Concatenated in rank order, the runs are the inputs in key order."""
+    ordered = sorted(slices, key=lambda s: s.index)
+    total = sum(s.size for s in ordered)
+    tasks: list[list[InputSlice]] = [[] for _ in range(world)]
+    before = 0
+    for s in ordered:
+        owner = min(world - 1, (2 * before + s.size) * world // (2 * total)) if total else 0
+        tasks[owner].append(s)
+        before += s.size
+    return tasks
+
+
 def run_filter(ctx: TaskContext) -> None:
     cfg = ctx.cfg.clean
-    slices = assign_files(split_inputs(list_inputs(cfg.inputs, cfg.code_extensions), ctx.world_size),
-                          ctx.world_size)[ctx.rank]
+    slices = filter_slices(cfg, ctx.world_size)[ctx.rank]
     out = _task_dir(ctx, "filter", ctx.rank)
     stats = report.new_stats()
     cleaner = DocumentCleaner(cfg, stats)
     hasher = MinHasher(cfg.dedup.num_perm, cfg.dedup.shingle_size, seed=MINHASH_SEED)
-    keys, hashes, sigs = [], [], []
+    keys, sizes, hashes, sigs, excluded_sizes = [], [], [], [], []
+    # Files read in byte ranges: [documents read, broken] per file, so that the stats step can say
+    # "empty_file" of one with no record exactly as a task reading it whole does.
+    ranges: dict[str, list[int]] = {}
     paths = {s.file.source: s.file.path for s in slices}
-    with JsonlWriter(out / "docs.jsonl.zst") as kept, \
-            JsonlWriter(ctx.out_dir / "excluded" / f"filtered-{ctx.rank:05d}.jsonl.zst") as excluded, \
+    with JsonlWriter(out / "docs.jsonl.zst") as kept, JsonlWriter(out / "excluded.jsonl.zst") as excluded, \
             JsonlWriter(out / "rejects.jsonl") as rejects:
 
         def flush(batch: list[Document]) -> None:
             for doc, (record, lang, reason) in zip(batch, cleaner.batch(batch)):
                 report.count_doc(stats, lang, doc.text, record["text"], reason)
+                size = len(record["text"].encode("utf-8"))
                 if reason:
                     excluded.write({**record, "reason": reason})
+                    excluded_sizes.append(size)
                     continue
                 kept.write(record)
                 keys.append(doc.key)
+                sizes.append(size)
                 hashes.append(exact_hash(record["text"]))
                 if cfg.dedup.near:
                     sigs.append(hasher.signature(record["text"], cjk=lang in ("zh", "ja") or is_cjk(record["text"])))
@@ -188,18 +228,26 @@ def run_filter(ctx: TaskContext) -> None:
         bar = tqdm(slices, desc=f"clean/filter {ctx.rank}", unit="file", disable=None)
         for piece in bar:
             stats["files"] += piece.start == 0  # a file split into byte ranges counts once
+            split = ranges.setdefault(piece.file.source, [0, 0]) if piece.end is not None else None
             for item in read_slice(piece, Fields(cfg.text_field, cfg.id_field, cfg.code_field)):
                 if isinstance(item, Reject):
                     if item.reason in BROKEN_FILE_REASONS:
                         _broken_file(ctx, paths[item.source], item)
+                        if split is not None:
+                            split[1] = 1
                     report.count_reject(stats, item)
                     rejects.write({"file": item.source, "line": item.line, "reason": item.reason, "detail": item.detail})
                     continue
+                if split is not None:
+                    split[0] += 1
                 pending.append(item)
                 if len(pending) == BATCH_DOCS:
                     flush(pending)
             bar.set_postfix(kept=kept.count, excluded=excluded.count, rejected=rejects.count)
         flush(pending)
+    write_npy(out / "sizes.npy", np.array(sizes, dtype=np.uint64))
+    write_npy(out / "excluded_sizes.npy", np.array(excluded_sizes, dtype=np.uint64))
+    write_json(out / "ranges.json", ranges)
     _save_signatures(out, cfg, keys, hashes, sigs)
     stats["normalize"].update(cleaner.normalize.counts)
     stats["pii"].update(cleaner.pii.counts)
@@ -256,57 +304,214 @@ def run_dedup(ctx: TaskContext) -> None:
 
 
 def run_clusters(ctx: TaskContext) -> None:
-    edges = np.concatenate([np.load(_task_dir(ctx, "dedup", r) / "edges.npy") for r in range(ctx.cfg.clean.num_tasks)])
+    n = ctx.cfg.clean.num_tasks
+    edges = np.concatenate([np.load(_task_dir(ctx, "dedup", r) / "edges.npy") for r in range(n)])
     removed, kept = resolve_clusters(edges[:, :2])
     tasks = load_signatures(ctx)
-    keys = np.concatenate([t.keys for t in tasks])
+    keys = np.concatenate([t.keys for t in tasks])  # the filter tasks' documents, in rank order = key order
+    if len(keys) > 1 and not bool((keys[1:] > keys[:-1]).all()):
+        raise DataError("the clean filter tasks' documents are not in key order (a work folder from another "
+                        "version?); re-run the clean stage with --force")
     exact = np.concatenate([t.exact for t in tasks])
-    order = np.argsort(keys)
-    lookup = lambda k: exact[order[np.searchsorted(keys[order], k)]]  # noqa: E731
-    reason = np.where(lookup(removed) == lookup(kept), EXACT, 1).astype(np.uint64) if len(removed) else removed
-    write_npy(ctx.work_dir / "clusters" / "removed.npy", np.column_stack([removed, kept, reason]).astype(np.uint64))
+    rows, kept_rows = np.searchsorted(keys, removed), np.searchsorted(keys, kept)
+    reason = np.where(exact[rows] == exact[kept_rows], EXACT, 1) if len(removed) else np.zeros(0, np.uint64)
+    # (row in the documents stream, key of the document kept instead, reason), by row.
+    write_npy(ctx.work_dir / "clusters" / "removed.npy", np.column_stack([rows, kept, reason]).astype(np.uint64))
+    write_json(ctx.work_dir / "clusters" / "layout.json", layout(ctx, rows, [len(t.keys) for t in tasks]))
     ctx.log.info("clean/clusters: %d documents removed as duplicates", len(removed))
+
+
+# ----------------------------------------------------------------------------------------- layout
+# Two streams of rows, each the concatenation of the filter tasks' files in rank order (= key order):
+# "docs" (documents the filters kept: the published ones and the duplicates) and "excluded".
+STREAMS = {"docs": "docs.jsonl.zst", "excluded": "excluded.jsonl.zst"}
+
+
+def cut(rows: np.ndarray, sizes: np.ndarray, stream_rows: int) -> list[tuple[int, int, int]]:
+    """(first row, end row, documents) of each piece of the selected `rows` (ascending) of a stream: the
+    document whose text starts at cumulative offset o, over the selected documents, is in piece
+    o // PART_BYTES. A piece ends where the next one starts (rows between are not selected)."""
+    if len(rows) == 0:
+        return []
+    size = sizes[rows].astype(np.uint64)
+    piece = (np.cumsum(size) - size) // np.uint64(PART_BYTES)
+    firsts = np.flatnonzero(np.concatenate([[True], piece[1:] != piece[:-1]]))
+    starts = rows[firsts]
+    ends = np.concatenate([starts[1:], [stream_rows]])
+    counts = np.diff(np.concatenate([firsts, [len(rows)]]))
+    return [(int(a), int(b), int(c)) for a, b, c in zip(starts, ends, counts)]
+
+
+def layout(ctx: TaskContext, removed_rows: np.ndarray, doc_counts: list[int]) -> dict:
+    """The published files, each a row range of a stream and which of its rows it takes: depends only on
+    the documents (their order and sizes), never on the number of tasks."""
+    n = ctx.cfg.clean.num_tasks
+    dirs = [_task_dir(ctx, "filter", r) for r in range(n)]
+    sizes = np.concatenate([np.load(d / "sizes.npy") for d in dirs])
+    if len(sizes) != sum(doc_counts):
+        raise DataError("the clean filter tasks' sizes.npy and keys.npy disagree; re-run the clean stage with --force")
+    excluded = [np.load(d / "excluded_sizes.npy") for d in dirs]
+    excluded_sizes = np.concatenate(excluded)
+    is_dup = np.zeros(len(sizes), dtype=bool)
+    is_dup[removed_rows.astype(np.int64)] = True
+    families = [("part-{:05d}.jsonl." + ctx.cfg.clean.compression, "docs", "kept", np.flatnonzero(~is_dup), sizes),
+                ("excluded/duplicates-{:05d}.jsonl.zst", "docs", "duplicates", np.flatnonzero(is_dup), sizes),
+                ("excluded/filtered-{:05d}.jsonl.zst", "excluded", "all", np.arange(len(excluded_sizes)),
+                 excluded_sizes)]
+    files = []
+    for pattern, stream, select, rows, sz in families:
+        for k, (start, end, count) in enumerate(cut(rows, sz, len(sz))):
+            files.append({"path": pattern.format(k), "stream": stream, "select": select, "start": start,
+                          "end": end, "documents": count})
+    rows = {"docs": [int(c) for c in doc_counts], "excluded": [int(len(e)) for e in excluded]}
+    return {"part_bytes": PART_BYTES, "rows": rows, "files": files}
+
+
+class RowReader:
+    """Rows [start, end) of a stream (one jsonl line a row), as bytes; reading forward reuses the open file."""
+
+    def __init__(self, paths: list[Path], counts: list[int]):
+        self.paths = paths
+        self.offsets = np.cumsum([0, *counts])
+        self.file, self.row, self.fh = -1, 0, None
+
+    def _open(self, k: int) -> None:
+        self.close()
+        raw = zstandard.ZstdDecompressor().stream_reader(open(self.paths[k], "rb"), closefd=True)
+        self.fh, self.file, self.row = io.BufferedReader(raw, 1 << 20), k, int(self.offsets[k])
+
+    def _next(self) -> bytes:
+        line = self.fh.readline()
+        if not line.endswith(b"\n"):
+            raise DataError(f"{self.paths[self.file]} ends before its row {self.row - self.offsets[self.file]}; "
+                            "re-run the clean stage with --force")
+        self.row += 1
+        return line
+
+    def rows(self, start: int, end: int):
+        row = start
+        while row < end:
+            k = int(np.searchsorted(self.offsets, row, side="right")) - 1
+            if k != self.file or row < self.row:
+                self._open(k)
+            while self.row < row:  # skipped without parsing
+                self._next()
+            stop = min(end, int(self.offsets[k + 1]))
+            while self.row < stop:
+                yield self.row, self._next()
+            row = stop
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+class LineWriter:
+    """jsonl lines (bytes) to `path` (.zst, .gz or plain), compressed as data_prep.jsonl's writer does
+    (single-threaded zstd at a fixed level, gzip without timestamp); the file appears on close."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.raw = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()
+        if self.path.name.endswith(".zst"):
+            self.stream = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=0).stream_writer(self.raw, closefd=False)
+        elif self.path.name.endswith(".gz"):
+            self.stream = gzip.GzipFile(filename="", mode="wb", fileobj=self.raw, mtime=0)
+        else:
+            self.stream = self.raw
+        self.buffer: list[bytes] = []
+        self.buffered = self.count = 0
+
+    def write(self, line: bytes) -> None:
+        self.buffer.append(line)
+        self.buffered += len(line)
+        self.count += 1
+        if self.buffered >= 1 << 20:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.stream.write(b"".join(self.buffer))
+        self.buffer, self.buffered = [], 0
+
+    def __enter__(self) -> LineWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.raw.close()
+            self.tmp.unlink(missing_ok=True)
+            return
+        self._flush()
+        if self.stream is not self.raw:
+            self.stream.close()
+        self.raw.flush()
+        os.fsync(self.raw.fileno())
+        self.raw.close()
+        os.replace(self.tmp, self.path)
 
 
 # ------------------------------------------------------------------------------------------ write
 def run_write(ctx: TaskContext) -> None:
+    """The r-th contiguous run of the layout's files; kept and excluded lines are copied as they are."""
     cfg = ctx.cfg.clean
-    src = _task_dir(ctx, "filter", ctx.rank)
-    stats = json.loads((src / "stats.json").read_text())
+    plan = json.loads((ctx.work_dir / "clusters" / "layout.json").read_text())
+    files = plan["files"]
+    mine = files[ctx.rank * len(files) // ctx.world_size:(ctx.rank + 1) * len(files) // ctx.world_size]
     removed = np.load(ctx.work_dir / "clusters" / "removed.npy")
-    keys = np.load(src / "keys.npy")
-    pos = np.searchsorted(removed[:, 0], keys)
-    hit = (pos < len(removed)) & (removed[np.minimum(pos, len(removed) - 1), 0] == keys) if len(removed) else \
-        np.zeros(len(keys), bool)
+    dup_rows = removed[:, 0].astype(np.int64)
     sources = {f.index: f.source for f in list_inputs(cfg.inputs, cfg.code_extensions)}
-    with JsonlWriter(ctx.out_dir / f"part-{ctx.rank:05d}.jsonl.{cfg.compression}") as out, \
-            JsonlWriter(ctx.out_dir / "excluded" / f"duplicates-{ctx.rank:05d}.jsonl.zst") as dups:
-        for row, record in enumerate(tqdm(read_jsonl(src / "docs.jsonl.zst"), total=len(keys),
-                                          desc=f"clean/write {ctx.rank}", unit="doc", disable=None)):
-            if not hit[row]:
-                out.write(record)
-                continue
-            _, kept_key, code = removed[pos[row]]
-            reason = REASON_NAMES[int(code)]
-            dups.write({**record, "reason": reason,
-                        "duplicate_of": f"{sources[int(kept_key) >> 32]}:{int(kept_key) & 0xFFFFFFFF}"})
-            report.count_duplicate(stats, record["lang"], record["text"], reason)
+    readers = {name: RowReader([_task_dir(ctx, "filter", r) / STREAMS[name] for r in range(len(counts))], counts)
+               for name, counts in plan["rows"].items()}
+    stats = report.new_stats()  # the duplicates' counts, added to the filter tasks' by the stats step
+    for f in mine:
+        start, end = f["start"], f["end"]
+        lo, hi = np.searchsorted(dup_rows, [start, end])
+        dup_at = {int(r): lo + i for i, r in enumerate(dup_rows[lo:hi])}  # row -> index in removed
+        with LineWriter(ctx.out_dir / f["path"]) as out:
+            for row, line in readers[f["stream"]].rows(start, end):
+                if f["select"] == "all" or (f["select"] == "kept" and row not in dup_at):
+                    out.write(line)
+                elif f["select"] == "duplicates" and row in dup_at:
+                    record = json.loads(line)
+                    _, kept_key, code = removed[dup_at[row]]
+                    reason = REASON_NAMES[int(code)]
+                    out.write((dumps({**record, "reason": reason, "duplicate_of":
+                                      f"{sources[int(kept_key) >> 32]}:{int(kept_key) & 0xFFFFFFFF}"}) + "\n").encode())
+                    report.count_duplicate(stats, record["lang"], record["text"], reason)
+        if out.count != f["documents"]:
+            raise DataError(f"clean/write: {f['path']} got {out.count} documents, the layout says {f['documents']}; "
+                            "re-run the clean stage with --force")
+        ctx.log.info("clean/write %d: %s, %d documents", ctx.rank, f["path"], out.count)
+    for reader in readers.values():
+        reader.close()
     write_json(ctx.work_dir / "stats" / f"{ctx.rank:05d}.json", stats)
-    ctx.log.info("clean/write %d: %d documents written, %d duplicates removed", ctx.rank, out.count, dups.count)
 
 
 def run_stats(ctx: TaskContext) -> None:
     n = ctx.cfg.clean.num_tasks
-    parts = [json.loads((ctx.work_dir / "stats" / f"{r:05d}.json").read_text()) for r in range(n)]
-    stats = report.finalize(report.merge(parts), n)
-    rejects = [r for rank in range(n) for r in read_jsonl(_task_dir(ctx, "filter", rank) / "rejects.jsonl")]
+    dirs = [_task_dir(ctx, "filter", r) for r in range(n)]
+    parts = [json.loads((d / "stats.json").read_text()) for d in dirs]
+    parts += [json.loads((ctx.work_dir / "stats" / f"{r:05d}.json").read_text()) for r in range(n)]
+    rejects = [r for d in dirs for r in read_jsonl(d / "rejects.jsonl")]
+    ranges: dict[str, list[int]] = {}
+    for d in dirs:
+        for source, (docs, broken) in json.loads((d / "ranges.json").read_text()).items():
+            entry = ranges.setdefault(source, [0, 0])
+            entry[0], entry[1] = entry[0] + docs, max(entry[1], broken)
+    empty = [s for s, (docs, broken) in sorted(ranges.items()) if docs == 0 and not broken]
+    rejects += [{"file": s, "line": 0, "reason": "empty_file", "detail": "no record in the file"} for s in empty]
+    if empty:
+        parts.append({"rejected": {"empty_file": len(empty)}})
+    stats = report.finalize(report.merge(parts))
     with JsonlWriter(ctx.out_dir / "rejects.jsonl") as out:
         for record in sorted(rejects, key=lambda r: (r["file"], r["line"], r["reason"])):
             out.write(record)
     write_json(ctx.out_dir / "stats.json", stats)
-    text = report.render(stats)
-    (ctx.out_dir / "summary.txt").write_text(text + "\n", encoding="utf-8")
-    ctx.log.info("clean summary\n%s", text)
+    (ctx.out_dir / "summary.txt").write_text(report.render(stats) + "\n", encoding="utf-8")
+    ctx.log.info("clean summary\n%s", report.render(stats, n))
     if stats["totals"]["docs_out"] == 0:  # the tokenizer would fail next, with a message about its sample
         raise DataError(report.nothing_kept(stats))
 
@@ -323,7 +528,10 @@ def summary(published_dir: Path) -> str:
     path = Path(published_dir) / "stats.json"
     if not path.is_file():
         return f"no stats.json in {published_dir}"
-    return report.render(json.loads(path.read_text()))
+    from pipeline.lineage import read_record
+
+    tasks = ((read_record(Path(published_dir)) or {}).get("num_tasks") or {}).get("filter")
+    return report.render(json.loads(path.read_text()), tasks)
 
 
 STAGE = Stage(

@@ -58,8 +58,9 @@ def _add(into: dict, other: dict) -> None:
             into[key] = into.get(key, 0) + value
 
 
-def finalize(stats: dict, num_tasks: int) -> dict:
-    """Add totals over languages; sort languages by documents kept for a readable file."""
+def finalize(stats: dict) -> dict:
+    """Add totals over languages. Nothing about the run (task count, hosts, times) goes in: stats.json is an
+    output, identical whatever the number of tasks; those facts are in the completion record."""
     totals = {"docs_in": 0, "bytes_in": 0, "docs_out": 0, "bytes_out": 0, "dropped": {}}
     for entry in stats.get("languages", {}).values():
         for key in ("docs_in", "bytes_in", "docs_out", "bytes_out"):
@@ -68,16 +69,17 @@ def finalize(stats: dict, num_tasks: int) -> dict:
     stats = {**new_stats(), **stats}
     stats["totals"] = totals
     stats["totals"]["rejected"] = sum(stats["rejected"].values())
-    stats["num_tasks"] = num_tasks
     return stats
 
 
-def render(stats: dict) -> str:
-    """The table printed at the end of the stage and by `graine status`."""
+def render(stats: dict, num_tasks: int | None = None) -> str:
+    """The table printed at the end of the stage and by `graine status` (with the task count, which the
+    completion record holds), and written to summary.txt (without: an output must not depend on it)."""
     t = stats["totals"]
+    tasks = f", {num_tasks} tasks" if num_tasks else ""
     lines = [f"clean: {t['docs_out']:,} of {t['docs_in']:,} documents kept "
-             f"({t['bytes_out'] / 1e6:.1f} of {t['bytes_in'] / 1e6:.1f} MB), {t['rejected']:,} unreadable records, "
-             f"{stats.get('num_tasks', '?')} tasks",
+             f"({t['bytes_out'] / 1e6:.1f} of {t['bytes_in'] / 1e6:.1f} MB), {t['rejected']:,} unreadable records"
+             + tasks,
              f"{'lang':<8}{'docs in':>10}{'kept':>10}{'MB out':>9}  top drop reasons"]
     langs = sorted(stats["languages"].items(), key=lambda kv: (-kv[1]["docs_out"], kv[0]))
     for lang, e in langs:

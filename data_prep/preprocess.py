@@ -2,7 +2,8 @@
 
 Steps:
 - `count` (1 task): documents per clean shard, so the global document order (shards by name, lines in
-  order) can be cut into equal contiguous slices whatever the number of tasks.
+  order: clean's canonical key order, the same whatever clean.num_tasks) can be cut into equal contiguous
+  slices whatever the number of tasks.
 - `tokenize` (`preprocess.num_tasks` tasks): task r encodes documents [r·N/W, (r+1)·N/W), appends
   `</s>` (the end-of-document id) and writes one part per dataset (language, or language and source)
   and split into `work_dir/tasks/<rank>.tmp/`, renamed to `work_dir/tasks/<rank>/` only when whole.

@@ -2,7 +2,9 @@
 
 Steps (one task each): `sample` writes `tokenizer/sample/`; `train` predicts memory, trains
 `tokenizer.model` and exports `tokenizer.json` (+ config and special-token map); `report` measures
-bytes/token and tokens/word per language on documents held out of the sample.
+bytes/token and tokens/word per language on documents held out of the sample. The sample and the held-out
+documents follow from clean/'s documents in their canonical (key) order and the seed only, so every file
+here is the same whatever the task counts and executors upstream (README, Reproducibility).
 
 The model keeps text exactly: identity normalisation, no dummy prefix, whitespace runs kept (whitespace-
 only pieces allowed, so code indentation gets its own pieces), newline as a user-defined piece, digits

@@ -44,6 +44,12 @@ def _common(p: argparse.ArgumentParser, positional: str = "") -> None:
     p.usage = f"%(prog)s {positional + ' ' if positional else ''}[-c CONFIG] [options] [key=value ...]"
 
 
+def _trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-checkpoint", action="append", default=[], metavar="PATH",
+                   help="load this checkpoint folder (or file) even if its pickles could run code: only for a "
+                        "checkpoint whose author you trust (repeatable; sets GRAINE_TRUST_CHECKPOINT)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="graine", description="Train BLOOM-style multilingual language models on Slurm.",
                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
     r.add_argument("--dry-run", action="store_true", help="print the resolved config and the jobs; submit nothing")
     r.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs to finish")
+    _trust(r)
     _common(r, "STAGE")
 
     s = sub.add_parser("status", help="state of every stage of a run")
@@ -70,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("stage")
     t.add_argument("step")
     t.add_argument("--rank", type=int, default=None, help="task index; default $SLURM_PROCID or 0")
+    _trust(t)
     _common(t, "STAGE STEP")
 
     pb = sub.add_parser("publish", help="publish a stage whose tasks are all complete")
@@ -79,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     ck = sub.add_parser("checkpoint", help="list, convert (universal) or dump checkpoints")
     ck.add_argument("action", choices=["list", "universal", "dump"])
     ck.add_argument("step", nargs="?", help="checkpoint step (universal, dump)")
+    _trust(ck)
     _common(ck, "{list,universal,dump} [STEP]")
+
+    df = sub.add_parser("diff", help="compare two run directories stage by stage and say where they diverge")
+    df.add_argument("run_a", metavar="RUN_A", help="a run directory (its run_dir)")
+    df.add_argument("run_b", metavar="RUN_B", help="the run directory to compare it with")
     return p
 
 
@@ -91,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides are key=value)")
     args.overrides = extra
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if getattr(args, "trust_checkpoint", None):  # inherited by the tasks and ranks this command starts
+        from checkpoints.safe_load import trust
+
+        trust(args.trust_checkpoint)
     try:
         return COMMANDS[args.command](args)
     except GraineError as exc:
@@ -256,8 +273,19 @@ def cmd_checkpoint(args) -> int:
     return checkpoint_command(_config(args), args.action, args.step)
 
 
+def cmd_diff(args) -> int:
+    """Exit 0 when the two runs' published outputs are the same, 1 when they diverge (like diff(1))."""
+    from pathlib import Path
+
+    from pipeline.diff import diff_runs
+
+    report = diff_runs(Path(args.run_a), Path(args.run_b))
+    print(report.text())
+    return 0 if report.diverged_at is None else 1
+
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "sbatch": cmd_sbatch, "task": cmd_task,
-            "publish": cmd_publish, "checkpoint": cmd_checkpoint}
+            "publish": cmd_publish, "checkpoint": cmd_checkpoint, "diff": cmd_diff}
 
 
 def entry() -> None:  # pragma: no cover - console script
@@ -265,8 +293,9 @@ def entry() -> None:  # pragma: no cover - console script
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    # A distributed task leaves through os._exit (gloo shutdown race, DEEPSPEED_CPU.md).
-    os._exit(code) if os.environ.get("RANK") else sys.exit(code)
+    # A process that ran a distributed step leaves through os._exit (gloo shutdown race, DEEPSPEED_CPU.md).
+    task = sys.modules.get("pipeline.task")
+    os._exit(code) if os.environ.get("RANK") or getattr(task, "ran_distributed", False) else sys.exit(code)
 
 
 if __name__ == "__main__":

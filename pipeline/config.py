@@ -206,6 +206,11 @@ class ClusterConfig:
     gpu: dict[str, Any] = param(default_factory=dict, help="Slurm parameters for GPU (training) jobs")
 
 
+# Keys that split a stage's work into tasks without changing its outputs (the canonical order makes
+# them byte-identical): a complete stage is not stale when only these change.
+SHAPE_KEYS = ("clean.num_tasks", "preprocess.num_tasks")
+
+
 @dataclass(kw_only=True)
 class RunConfig:
     run_dir: str = param("runs/demo", help="where every stage writes (on Jean Zay: under $SCRATCH)")
@@ -236,9 +241,19 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def section_hash(self, *sections: str) -> str:
-        """Hash of the named sections: a stage's identity is the part of the config it reads."""
+        """Hash of the named sections without the keys that only split the work (SHAPE_KEYS): a
+        stage's identity is the part of the config that decides its outputs."""
         data = {s: self.to_dict()[s] for s in sections}
+        for key in SHAPE_KEYS:
+            section, name = key.split(".")
+            if isinstance(data.get(section), dict):
+                data[section] = {k: v for k, v in data[section].items() if k != name}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def shape(self, *sections: str) -> dict[str, Any]:
+        """The SHAPE_KEYS of the named sections: how a stage's work is split into tasks."""
+        return {k: getattr(getattr(self, k.split(".")[0]), k.split(".")[1]) for k in SHAPE_KEYS
+                if k.split(".")[0] in sections}
 
 
 # -------------------------------------------------------------------------------------- loading

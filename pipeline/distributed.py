@@ -32,7 +32,8 @@ from pipeline.errors import ConfigError, StageError
 log = logging.getLogger("graine.distributed")
 
 ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
-PORT_BASE, PORT_SPAN = 20000, 20000
+# Below Linux's default ephemeral range (32768-60999), which outgoing connections take their ports from.
+PORT_BASE, PORT_SPAN = 10000, 20000
 SOURCE_KEY = "GRAINE_LAUNCH_SOURCE"  # where export_launch_env found the values it exported
 
 
@@ -126,7 +127,7 @@ def launch_env(environ: dict[str, str] | None = None) -> Launch:
         derived, source = _from_slurm(env), "slurm"
     else:
         derived = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "NODE_RANK": "0",
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()) if "MASTER_PORT" not in env else ""}
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()) if "MASTER_PORT" not in env else ""}
         source = "single"
     if all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")):
         source = env.get(SOURCE_KEY) or "user"  # exported by export_launch_env, or set by the user
@@ -166,7 +167,7 @@ def _from_submitit_local(env: dict[str, str]) -> dict[str, str]:
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port_for(env.get("SUBMITIT_LOCAL_JOB_ID", "0")))}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -204,8 +205,9 @@ def init_process_group(launch: Launch, timeout_min: float) -> torch.device:
     device = training_device(launch)
     if dist.is_initialized():
         return device
+    host = f"[{launch.master_addr}]" if ":" in launch.master_addr else launch.master_addr
     kwargs: dict = {"backend": backend_for(device), "rank": launch.rank, "world_size": launch.world_size,
-                    "timeout": timedelta(minutes=timeout_min), "init_method": "env://"}
+                    "timeout": timedelta(minutes=timeout_min), "init_method": f"tcp://{host}:{launch.master_port}"}
     if device.type == "cuda":
         # 1 = tear down: a failed or timed-out collective aborts this process, so srun's
         # --kill-on-bad-exit ends the whole job instead of every other rank waiting on a dead peer.
@@ -215,7 +217,6 @@ def init_process_group(launch: Launch, timeout_min: float) -> torch.device:
             # Binds NCCL's communicator to this GPU eagerly. Not for a world of one: torch then builds
             # every later new_group() by ncclCommSplit, which has no peer to split with (DeepSpeed #8248).
             kwargs["device_id"] = device
-    os.environ.update(launch.env())  # env:// reads MASTER_ADDR and MASTER_PORT
     dist.init_process_group(**kwargs)
     log.info("process group: rank %d of %d (local %d of %d, node %d), %s, rendezvous %s:%d (%s), timeout %g min",
              launch.rank, launch.world_size, launch.local_rank, launch.local_world_size, launch.node_rank,

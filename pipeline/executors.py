@@ -149,7 +149,19 @@ class LocalExecutor(Executor):
     def submit_tasks(self, fn, ranks, kind, after):
         if kind == "gpu":
             world = self.cfg.train.devices_per_node * self.cfg.train.num_nodes
-            job = self._executor(tasks_per_node=world).submit(fn, 0)
+            # The ranks of a local job rendezvous on a port free on this machine now, chosen here and
+            # handed to them in the environment (a port derived from the job id may be in use).
+            from pipeline.distributed import free_port
+
+            previous = os.environ.get("MASTER_PORT")  # one the user exported wins
+            os.environ["MASTER_PORT"] = previous or str(free_port())
+            try:
+                job = self._executor(tasks_per_node=world).submit(fn, 0)
+            finally:
+                if previous is None:
+                    os.environ.pop("MASTER_PORT", None)
+                else:
+                    os.environ["MASTER_PORT"] = previous
             self.jobs.append(job)
             self.on_submit([job.job_id])
             return [Handle("training job", job)]

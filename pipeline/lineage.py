@@ -15,7 +15,7 @@ import platform
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -102,10 +102,12 @@ class Fingerprint:
     inputs: dict[str, str]
     config_hash: str
     missing: list[str]  # upstream stages not complete yet
+    shape: dict = field(default_factory=dict)  # how the work is split (task counts): not in config_hash
 
     @property
     def key(self) -> str:
-        return digest({"inputs": self.inputs, "config": self.config_hash})
+        """Identity of an attempt: the completion markers of its tasks are only valid for the same split."""
+        return digest({"inputs": self.inputs, "config": self.config_hash, "shape": self.shape})
 
 
 def fingerprint(cfg: RunConfig, stage: Stage) -> Fingerprint:
@@ -123,7 +125,7 @@ def fingerprint(cfg: RunConfig, stage: Stage) -> Fingerprint:
         inputs["raw"] = digest({str(f): cache.hash(f) for f in files})
         if run_dir.is_dir():  # a dry run or `graine status` of a run not started writes nothing
             cache.save()
-    return Fingerprint(inputs, cfg.section_hash(*stage.sections), missing)
+    return Fingerprint(inputs, cfg.section_hash(*stage.sections), missing, cfg.shape(*stage.sections))
 
 
 def write_record(folder: Path, stage: Stage, fp: Fingerprint, started: float, extra: dict | None = None) -> dict:

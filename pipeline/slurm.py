@@ -407,7 +407,7 @@ def _gpu_body(stage: Stage, job: SlurmJob, args: list[str]) -> list[str]:
         "",
         "# torch.distributed from Slurm, inside each task (graine.distributed): rank = SLURM_PROCID, local",
         "# rank = SLURM_LOCALID, world size = SLURM_NTASKS, rendezvous on the first node of the job at port",
-        "# 20000 + job id % 20000 (the same after a requeue). Export MASTER_ADDR/MASTER_PORT here to override.",
+        "# 10000 + job id % 20000 (the same after a requeue). Export MASTER_ADDR/MASTER_PORT here to override.",
         "# A rank that fails ends the step (--kill-on-bad-exit); when one rank ends, the others get 60 s",
         "# (--wait); a rank stuck on a dead peer fails after train.dist_timeout_min.",
         "",

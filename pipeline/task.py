@@ -29,6 +29,9 @@ from pipeline.verify import check_inputs
 
 log = logging.getLogger("graine")
 
+# Set once this process ran a distributed step: it then leaves through os._exit (gloo's shutdown race).
+ran_distributed = False
+
 # Results of a training step that ask for the job to be requeued rather than finished.
 REQUEUE = ("preempted", "time_budget")
 
@@ -141,8 +144,12 @@ class TaskRunner:
         # requeue goes through submitit's checkpoint mechanism (checkpoint() below, scontrol requeue).
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         previous = catch_stop_signals()
-        from pipeline.distributed import export_launch_env
+        from pipeline.distributed import ENV_KEYS, SOURCE_KEY, export_launch_env
 
+        global ran_distributed
+        ran_distributed = True
+        # An inline run trains in the caller's process: its launch environment must not outlive it.
+        saved_env = {k: os.environ.get(k) for k in (*ENV_KEYS, SOURCE_KEY)}
         launch = export_launch_env()
         rank, world = launch.rank, launch.world_size
         setup_logging(rank)
@@ -156,6 +163,12 @@ class TaskRunner:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if not os.environ.get("SUBMITIT_EXECUTOR"):
+                for key, value in saved_env.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
         if result == "done" and rank == 0:
             write_atomic(paths.marker(self.step, 0), json.dumps({"host": socket.gethostname()}))
         if result in REQUEUE and rank == 0 and os.environ.get("SLURM_JOB_ID") and callable(submitit_handler):

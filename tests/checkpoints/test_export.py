@@ -67,7 +67,11 @@ def test_release_loads_offline_and_logits_match_graine(run, capsys, monkeypatch)
     cfg = cfg_of(run)
     runner.run(cfg, ["export"], executor="inline")
     out = run[0] / "export" / "global_step12"
-    assert "step 12 (1,536 tokens" in capsys.readouterr().out and str(out) in (run[0] / "export" / "last_export.json").read_text()
+    printed = capsys.readouterr().out
+    assert "step 12 (1,536 tokens" in printed and str(out) in printed
+    last = json.loads((run[0] / "export" / "last_export.json").read_text())
+    assert last["path"] == "export/global_step12" and last["source"] == "checkpoints/global_step12"
+    assert str(run[0]) not in (out / "graine_export.json").read_text()  # nothing names this run directory
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "graine_export.json", "tokenizer.json",
                                                "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"}
     model, tokenizer = load_release(out)

@@ -112,3 +112,11 @@ def test_cli_exits_2_on_bad_usage():
                           "--no-such-flag"], capture_output=True, text=True)
     assert out.returncode == 2
     assert "--no-such-flag" in out.stderr
+
+
+def test_task_counts_are_not_part_of_a_stage_identity():
+    a = load_config(None, ["clean.num_tasks=2", "preprocess.num_tasks=3"])
+    b = load_config(None, ["clean.num_tasks=5", "preprocess.num_tasks=1"])
+    assert a.section_hash("clean", "preprocess") == b.section_hash("clean", "preprocess")
+    assert a.shape("clean") == {"clean.num_tasks": 2} and b.shape("clean", "preprocess")["preprocess.num_tasks"] == 1
+    assert a.section_hash("clean") != load_config(None, ["clean.num_tasks=2", "clean.min_lang_score=0.9"]).section_hash("clean")

@@ -255,3 +255,17 @@ def test_interrupted_driver_ends_its_tasks_before_releasing_the_lock(tmp_path, s
     assert not any(pid_alive(p) for p in pids), "a task outlived the interrupted driver"
     assert not lock_file.exists()
     assert "ending the tasks started on this machine" in err
+
+
+def test_a_new_task_count_neither_stales_a_complete_stage_nor_reuses_markers_of_another_split(tmp_path):
+    run = tmp_path / "run"
+    runner.run(cfg_for(run, "clean.num_tasks=3"), ["toy-parts"], executor="inline")
+    plans = runner.run(cfg_for(run, "clean.num_tasks=5"), ["toy-parts"], executor="inline")
+    assert plans[0].action == "skip"  # same outputs whatever the split: nothing to redo
+    # A half-done attempt split 3 ways is not continued 5 ways: its markers name other task ranges.
+    from pipeline import lineage
+    from pipeline.stages import get
+
+    fp3 = lineage.fingerprint(cfg_for(run, "clean.num_tasks=3"), get("toy-parts"))
+    fp5 = lineage.fingerprint(cfg_for(run, "clean.num_tasks=5"), get("toy-parts"))
+    assert fp3.config_hash == fp5.config_hash and fp3.key != fp5.key
