@@ -5,7 +5,9 @@
     graine sbatch STAGE -c CONFIG [key=value ...]      # a standalone sbatch script, for hand submission
     graine task STAGE STEP -c CONFIG [--rank R]        # one task; what sbatch scripts run under srun
     graine publish STAGE -c CONFIG                     # publish a stage whose tasks are all complete
-    graine checkpoint list|universal|dump ...          # checkpoint tools
+    graine checkpoint list|universal|dump ...          # checkpoint tools (list --full: recompute checksums)
+    graine verify [STAGE] -c CONFIG                    # re-hash published outputs and checkpoints
+    graine diff RUN_A RUN_B                            # where two runs diverge
 
 Exit codes: 0 success, 1 failure, 2 bad usage or configuration.
 """
@@ -87,8 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     ck = sub.add_parser("checkpoint", help="list, convert (universal) or dump checkpoints")
     ck.add_argument("action", choices=["list", "universal", "dump"])
     ck.add_argument("step", nargs="?", help="checkpoint step (universal, dump)")
+    ck.add_argument("--full", action="store_true", help="list: recompute every file's sha256 (default: sizes)")
     _trust(ck)
     _common(ck, "{list,universal,dump} [STEP]")
+
+    v = sub.add_parser("verify", help="re-hash published outputs against their completion records")
+    v.add_argument("stage", nargs="?", help="one stage (default: every published stage, and the checkpoints)")
+    _common(v, "[STAGE]")
 
     df = sub.add_parser("diff", help="compare two run directories stage by stage and say where they diverge")
     df.add_argument("run_a", metavar="RUN_A", help="a run directory (its run_dir)")
@@ -270,7 +277,35 @@ def cmd_checkpoint(args) -> int:
         if exc.name != "checkpoints.cli":
             raise
         raise GraineError("checkpoint tools are not implemented yet") from None
-    return checkpoint_command(_config(args), args.action, args.step)
+    return checkpoint_command(_config(args), args.action, args.step, full=args.full)
+
+
+def cmd_verify(args) -> int:
+    """Exit 0 when every published output matches its record (checksums recomputed), 1 otherwise."""
+    from checkpoints import manifest
+    from pipeline.lineage import read_record
+    from pipeline.verify import check_folder
+
+    cfg = _config(args)
+    names = [stages.get(args.stage).name] if args.stage else stages.known()
+    problems, checked = [], 0
+    for name in names:
+        folder = cfg.run_path / stages.get(name).folder
+        record = read_record(folder)
+        if record is None:
+            print(f"{name:<11} not published")
+            continue
+        found = check_folder(folder, record, full=True)
+        checked += len(record.get("files") or {})
+        print(f"{name:<11} {'OK' if not found else 'CHANGED'} ({len(record.get('files') or {})} files)")
+        problems += [f"  {p}" for p in found]
+    if args.stage in (None, "pretrain"):
+        for step in sorted((cfg.run_path / "checkpoints").glob("global_step*[0-9]")):
+            why = manifest.verify(step, full=True)
+            print(f"{step.name:<11} {'OK' if why is None else 'INVALID: ' + why}")
+            problems += [f"  {step}: {why}"] if why else []
+    print("\n".join(problems) if problems else f"every file matches its record ({checked} stage files re-hashed)")
+    return 1 if problems else 0
 
 
 def cmd_diff(args) -> int:
@@ -285,7 +320,8 @@ def cmd_diff(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "sbatch": cmd_sbatch, "task": cmd_task,
-            "publish": cmd_publish, "checkpoint": cmd_checkpoint, "diff": cmd_diff}
+            "publish": cmd_publish, "checkpoint": cmd_checkpoint, "verify": cmd_verify,
+            "diff": cmd_diff}
 
 
 def entry() -> None:  # pragma: no cover - console script

@@ -112,3 +112,18 @@ def test_resume_warnings_reach_the_console(tmp_path, caplog):
         runner.run(longer, ["pretrain"], executor="local", force=True)
     relayed = [r.getMessage() for r in caplog.records if "training job (job" in r.getMessage()]
     assert any("resuming from global_step12 instead of the damaged global_step16" in m for m in relayed), relayed
+
+
+def test_graine_verify_rehashes_every_published_file(tmp_path, capsys):
+    from pipeline.cli import main
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nclean:\n  num_tasks: 2\n")
+    runner.run(load_config(cfg), ["toy-parts"], executor="inline")
+    assert main(["verify", "toy-parts", "-c", str(cfg)]) == 0
+    assert "toy-parts   OK" in capsys.readouterr().out
+    out = tmp_path / "run" / "toy-parts" / "all.txt"
+    flip(out, 10)  # same size: only a checksum sees it
+    assert main(["verify", "toy-parts", "-c", str(cfg)]) == 1
+    printed = capsys.readouterr().out
+    assert "CHANGED" in printed and f"{out} does not match its sha256" in printed
