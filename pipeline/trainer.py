@@ -175,13 +175,14 @@ class Trainer:
                               float(self.kill_file.exists())], device="cpu")
         if self.world > 1:
             dist.all_reduce(flags)
-        if flags[0]:
+        signalled, timed_out, killed = flags.tolist()
+        if signalled:
             log.warning("stop signal received: saving and exiting for requeue")
             return "preempted"
-        if flags[1]:
+        if timed_out:
             log.warning("train.exit_duration_min=%g reached: saving and exiting for requeue", self.t.exit_duration_min)
             return "time_budget"
-        if flags[2]:
+        if killed:
             log.warning("kill switch %s exists: saving and stopping (remove it to continue the run)", self.kill_file)
             return "stopped"
         return None

@@ -84,7 +84,7 @@ def base_overrides(run_dir: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ worker side
-def worker(spec_path: str) -> None:
+def worker(spec_path: str, on_exit=None) -> None:
     from pipeline import train
     from pipeline.config import load_config
     from pipeline.stage import TaskContext
@@ -124,6 +124,8 @@ def worker(spec_path: str) -> None:
         traceback.print_exc()
         result, code = f"error: {type(exc).__name__}: {exc}", 1
     Path(cfg.run_dir, f"result-rank{rank}.json").write_text(json.dumps({"result": result}))
+    if on_exit is not None:  # a caller's last word before the hard exit below
+        on_exit()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # gloo's shutdown race (DEEPSPEED_CPU.md): no interpreter teardown

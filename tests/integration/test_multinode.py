@@ -68,8 +68,9 @@ def render(run_dir: Path, corpus: Path, stage: str, *extra: str) -> Path:
 
 
 def sbatch(script: Path, **env: str) -> str:
-    """Submit as a user does, with graine on PATH (sbatch passes the environment to the job)."""
-    environ = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}", **env}
+    """Submit as a user does (sbatch passes the environment to the job). graine need not be on the PATH:
+    the script calls it through the interpreter that rendered it."""
+    environ = {**os.environ, "PATH": ":".join(p for p in os.environ["PATH"].split(":") if ".venv" not in p), **env}
     return subprocess.run(["sbatch", "--parsable", script.name], cwd=script.parent, env=environ, capture_output=True,
                           text=True, check=True).stdout.strip().split(";")[0]
 
@@ -97,7 +98,8 @@ def test_rendered_script_on_two_nodes_saves_requeues_itself_and_finishes_bitwise
     # one job cannot finish, whenever Slurm sends the signal.
     script = render(run_dir, prepared / "corpus", "pretrain", *extra, *TWO_NODES, "cluster.gpu={time: 2}")
     text = script.read_text()
-    assert "#SBATCH --nodes=2" in text and "srun --kill-on-bad-exit=1 --wait=60 graine task pretrain train" in text
+    assert "#SBATCH --nodes=2" in text
+    assert 'srun --kill-on-bad-exit=1 --wait=60 "$GRAINE_PY" -m pipeline.cli task pretrain train' in text
     assert "MASTER_ADDR=" not in text.replace("# ", "")  # derived inside each task, from Slurm
     job = sbatch(script, GRAINE_TEST_STEP_DELAY="1.5")
     out = run_dir.parent / f"graine-pretrain-{job}.out"
