@@ -92,39 +92,40 @@ def _chunk_grads(h, weight, labels, grad_scale, ignore_index, backend, grad_h, g
 class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, ignore_index, chunk_tokens, backend, grad_in_forward, needs_grad):
-        n_valid = int((labels != ignore_index).sum().item())
-        scale = 1.0 / max(n_valid, 1)
+        # The mean's 1/n stays on the device (reading n to the host would stall the GPU every micro-batch):
+        # chunks produce unscaled sums and gradients; the loss and, in backward, the gradients take 1/n.
+        inv_n = 1.0 / (labels != ignore_index).sum().clamp(min=1).to(torch.float32)
         compute = needs_grad and grad_in_forward
         grad_h = torch.empty_like(hidden) if compute else None
         grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if compute else None
         total = torch.zeros((), device=hidden.device, dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk_tokens):
             rows = slice(start, start + chunk_tokens)
-            total += _chunk_grads(hidden[rows], weight, labels[rows], scale if compute else 0.0, ignore_index,
+            total += _chunk_grads(hidden[rows], weight, labels[rows], 1.0 if compute else 0.0, ignore_index,
                                   backend, grad_h[rows] if compute else None, grad_w)
         ctx.grad_in_forward = grad_in_forward
-        ctx.args = (ignore_index, chunk_tokens, backend, scale)
+        ctx.args = (ignore_index, chunk_tokens, backend)
+        ctx.inv_n = inv_n
         if compute:
             ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         elif needs_grad:
             ctx.save_for_backward(hidden, weight, labels)
-        return total * scale
+        return total * inv_n
 
     @staticmethod
     def backward(ctx, grad_loss):
+        scale = grad_loss.to(torch.float32) * ctx.inv_n  # on the device: no read of grad_loss to the host
         if ctx.grad_in_forward:
             grad_h, grad_w = ctx.saved_tensors
-            return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss.to(grad_w.dtype), *([None] * 6)
+            return grad_h * scale.to(grad_h.dtype), grad_w * scale.to(grad_w.dtype), *([None] * 6)
         hidden, weight, labels = ctx.saved_tensors
-        ignore_index, chunk_tokens, backend, scale = ctx.args
+        ignore_index, chunk_tokens, backend = ctx.args
         grad_h = torch.empty_like(hidden)
         grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
-        # grad_loss folds into the softmax gradient's scale, so no pass over the results is needed.
-        scale = scale * float(grad_loss)
         for start in range(0, hidden.shape[0], chunk_tokens):
             rows = slice(start, start + chunk_tokens)
-            _chunk_grads(hidden[rows], weight, labels[rows], scale, ignore_index, backend, grad_h[rows], grad_w)
-        return grad_h, grad_w.to(weight.dtype), *([None] * 6)
+            _chunk_grads(hidden[rows], weight, labels[rows], 1.0, ignore_index, backend, grad_h[rows], grad_w)
+        return grad_h.mul_(scale.to(grad_h.dtype)), (grad_w * scale).to(weight.dtype), *([None] * 6)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,

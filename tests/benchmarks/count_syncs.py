@@ -27,7 +27,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def who(stack) -> str:
+    """Whose read: torch's optimizer (its CPU implementation reads each step counter; CUDA's fused one
+    does not), DeepSpeed's engine, or graine (the code of this repository)."""
+    if any("/torch/optim/" in f.filename for f in stack):
+        return "torch.optim"
+    caller = next(f.filename for f in reversed(stack) if "site-packages/torch/" not in f.filename)
+    return "deepspeed" if "/deepspeed/" in caller else "graine"
+
+
 def worker(spec: dict) -> None:
+    import traceback
+
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -42,7 +53,12 @@ def worker(spec: dict) -> None:
     class CountScalarReads(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func is torch.ops.aten._local_scalar_dense.default:
-                counts[steps["n"]] += 1
+                stack = traceback.extract_stack()[:-1]
+                counts[f"{steps['n']}:{who(stack)}"] += 1
+                if steps["n"] == 3 and os.environ.get("COUNT_SYNCS_WHERE"):  # one step's callers, to find them
+                    frames = [f for f in stack if "site-packages/torch/" not in f.filename]
+                    where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in frames[-3:][::-1])
+                    print(f"scalar read: {where}", file=sys.stderr)
             return func(*args, **(kwargs or {}))
 
     train_step, stop_reason = trainer_mod.Trainer.train_step, trainer_mod.Trainer.stop_reason
@@ -61,8 +77,8 @@ def worker(spec: dict) -> None:
     train_harness.worker(str(spec_file), on_exit=lambda: Path(spec["out"]).write_text(json.dumps(dict(counts))))
 
 
-def measure(zero_stage: int, steps: int) -> dict[int, int]:
-    """{step: scalar reads during that step and the stop check after it}, from a fresh process."""
+def measure(zero_stage: int, steps: int) -> dict[int, Counter]:
+    """{step: {whose: scalar reads during that step and the stop check after it}}, from a fresh process."""
     sys.path.insert(0, str(REPO / "tests" / "checkpoints"))
     import train_harness
 
@@ -74,12 +90,19 @@ def measure(zero_stage: int, steps: int) -> dict[int, int]:
         spec = train_harness.write_spec(run_dir, overrides, nproc=1)
         spec.rename(Path(tmp) / "spec.json")
         env = train_harness.env({"GRAINE_COUNT_SYNCS": json.dumps({"run_dir": str(run_dir), "out": str(out)})})
+        env.pop("COUNT_SYNCS_WHERE", None) if not os.environ.get("COUNT_SYNCS_WHERE") else None
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
                                __file__, "--worker"], env=env, capture_output=True, text=True, timeout=300)
+        if os.environ.get("COUNT_SYNCS_WHERE"):
+            print("\n".join(line for line in proc.stderr.splitlines() if "scalar read:" in line))
         if not out.exists():
             raise RuntimeError(f"the training process wrote no counts (exit {proc.returncode}):\n{proc.stdout[-3000:]}"
                                f"\n{proc.stderr[-3000:]}")
-        return {int(k): v for k, v in json.loads(out.read_text()).items()}
+        per_step: dict[int, Counter] = {}
+        for key, n in json.loads(out.read_text()).items():
+            step, owner = key.split(":")
+            per_step.setdefault(int(step), Counter())[owner] += n
+        return per_step
 
 
 def main() -> None:
@@ -93,9 +116,13 @@ def main() -> None:
         return
     for stage in args.zero_stage:
         counts = measure(stage, args.steps)
-        steady = [counts.get(s, 0) for s in range(2, args.steps + 1)]  # step 1 warms DeepSpeed up
-        print(f"ZeRO {stage}: host scalar reads per step (train step + stop check), steps 2..{args.steps}: "
-              f"max {max(steady)}, mean {sum(steady) / len(steady):.2f}; step 1: {counts.get(1, 0)}")
+        steady = range(2, args.steps + 1)  # step 1 warms DeepSpeed up
+        parts = []
+        for owner in ("graine", "deepspeed", "torch.optim"):
+            per = [counts.get(s, Counter())[owner] for s in steady]
+            parts.append(f"{owner} max {max(per)} (mean {sum(per) / len(per):.2f})")
+        print(f"ZeRO {stage}, host scalar reads per optimizer step (train step + stop check, steps 2..{args.steps}, "
+              f"no logging/eval/save steps): " + ", ".join(parts))
 
 
 if __name__ == "__main__":
