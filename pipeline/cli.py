@@ -15,6 +15,7 @@ Exit codes: 0 success, 1 failure, 2 bad usage or configuration.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shlex
@@ -123,6 +124,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("graine: interrupted; completed tasks are kept, re-run the same command to go on", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in FILESYSTEM_ERRORS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"graine: error: cannot write{where}: {exc.strerror}. {FILESYSTEM_ERRORS[exc.errno]}; what completed "
+              "before is kept, and the same command goes on once this is fixed", file=sys.stderr)
+        return 1
+
+
+# Filesystem errors a user can fix, with the fix: reported in one line instead of a traceback.
+FILESYSTEM_ERRORS = {
+    errno.EACCES: "Check the permissions of the run directory (run_dir) and its parents",
+    errno.EPERM: "Check the permissions of the run directory (run_dir) and its parents",
+    errno.EROFS: "The filesystem is read-only: set run_dir to a writable place ($SCRATCH on Jean Zay)",
+    errno.ENOSPC: "The disk is full: free space (df -h) or set run_dir elsewhere",
+    errno.EDQUOT: "The disk quota is exhausted: free space (on Jean Zay: idr_quota_user) or set run_dir elsewhere",
+}
 
 
 def _interrupt(signum, frame):

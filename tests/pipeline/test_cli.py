@@ -61,3 +61,22 @@ def test_run_dir_variables_are_expanded_or_refused(tmp_path, capsys, monkeypatch
     monkeypatch.setenv("GRAINE_TEST_ROOT", str(tmp_path / "scratch"))
     assert main(["run", "toy-parts", "-c", str(cfg), "--executor", "inline"]) == 0
     assert (tmp_path / "scratch" / "run" / "toy-parts" / "all.txt").exists()
+
+
+@pytest.mark.parametrize("code, fix", [(28, "The disk is full"), (30, "read-only"), (13, "permissions")])
+def test_filesystem_errors_are_one_line_with_the_fix(tmp_path, capsys, monkeypatch, code, fix):
+    import errno
+    import os
+
+    from pipeline import runner
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path / "run" / ".work" / "x"))
+
+    monkeypatch.setattr(runner, "run", fail)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\n")
+    assert main(["run", "toy-parts", "-c", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fix in err and str(tmp_path / "run" / ".work" / "x") in err
+    assert errno.errorcode[code]  # a real errno
