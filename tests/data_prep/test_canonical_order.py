@@ -22,13 +22,6 @@ import tiny_run  # noqa: E402
 PART_BYTES = 20_000  # the synthetic corpus's ~0.6 MB of kept text: some thirty parts
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("corpus")
-    write_corpus(out, seed=3, docs_per_language=40)
-    return out
-
-
 def run_clean(raw_glob: str, out: Path, num_tasks: int) -> Path:
     cfg = RunConfig(run_dir=str(out))
     cfg.clean = CleanConfig(inputs=[raw_glob], num_tasks=num_tasks, languages=list(KEPT_LANGUAGES))

@@ -15,17 +15,10 @@ from data_prep.clean_stats import new_stats
 from data_prep.jsonl import read_jsonl
 from data_prep.langid import model_labels
 from data_prep.readers import Document, Fields, list_inputs, read_file
-from data_prep.synthetic import KEPT_LANGUAGES, TextGenerator, build_corpus, write_corpus
+from data_prep.synthetic import KEPT_LANGUAGES, TextGenerator, build_corpus
 from pipeline.cli import main
 from pipeline.config import CleanConfig, RunConfig
 from pipeline.errors import ConfigError, DataError
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("corpus")
-    write_corpus(out, seed=3, docs_per_language=40)
-    return out
 
 
 def clean(corpus: Path, out: Path, num_tasks: int) -> Path:
