@@ -15,6 +15,24 @@ python3 -c "import torch, triton, deepspeed; print('torch', torch.__version__, '
 echo "== GPU-marked tests (kernels, model)"
 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels tests/pipeline/test_model.py 2>&1 | tail -12
 
+echo "== graine's process group on the GPU: CPU and CUDA tensors all-reduced (world 1, then 2 ranks on GPU 0)"
+cat > /tmp/pg_check.py <<'PY'
+import os, sys, torch, torch.distributed as dist
+from pipeline.distributed import Launch, init_process_group
+rank, world = int(sys.argv[1]), int(sys.argv[2])
+launch = Launch(rank, 0, world, world, 0, "127.0.0.1", int(sys.argv[3]), "check")  # every rank on GPU 0
+try:
+    device = init_process_group(launch, timeout_min=1)
+    cpu, gpu = torch.ones(3), torch.ones(3, device=device)
+    dist.all_reduce(cpu); dist.all_reduce(gpu); torch.cuda.synchronize()
+    print(f"rank {rank}/{world}: backend {dist.get_backend()}, cpu {cpu.tolist()}, cuda {gpu.tolist()}", flush=True)
+except Exception as exc:
+    print(f"rank {rank}/{world}: {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
+os._exit(0)
+PY
+timeout 60 python3 /tmp/pg_check.py 0 1 29611 2>&1 | grep -v Warning | tail -2
+(timeout 60 python3 /tmp/pg_check.py 0 2 29612 & timeout 60 python3 /tmp/pg_check.py 1 2 29612; wait) 2>&1 | grep "rank" | tail -4
+
 seed_run() {  # a run directory holding the CPU-built shards and tokenizer
     mkdir -p "$1" && cp -r runs/demo/shards runs/demo/tokenizer "$1"/
 }
