@@ -195,6 +195,7 @@ _early_signals: list[int] = []
 
 def catch_stop_signals() -> dict:
     """Record stop signals from now on; returns the previous handlers (to restore)."""
+    _early_signals.clear()  # one that reached an earlier (inline) run does not stop this one
     if threading.current_thread() is not threading.main_thread():
         return {}
     return {sig: signal.signal(sig, lambda signum, frame: _early_signals.append(signum)) for sig in STOP_SIGNALS}
