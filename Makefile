@@ -77,8 +77,9 @@ slurm-up:  ## install (first time) and start a local Slurm on this machine (NODE
 slurm-down:  ## stop the local Slurm (either mode)
 	bash slurm/local-cluster/stop.sh
 
-lint: setup  ## ruff
+lint: setup  ## ruff, and the layer contracts of pyproject.toml (import-linter)
 	$(PY) -m ruff check .
+	$(PY) -c 'import sys; from importlinter.cli import lint_imports_command; sys.argv[0] = "lint-imports"; sys.exit(lint_imports_command())' --no-cache
 
 # pytest exits 5 when it collects nothing: a filtered run with no tests is not a failure.
 test: setup lint  ## lint and the whole test suite (real Slurm tests need `make slurm-up` or CI)

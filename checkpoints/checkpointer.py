@@ -33,22 +33,24 @@ import torch
 import torch.distributed as dist
 
 from checkpoints import manifest, safe_load
+from checkpoints.layout import (
+    CONFIG,
+    LATEST,
+    STATE,
+    TMP_PREFIX,
+    read_latest,
+    read_state,
+    tag_of,
+    write_latest,
+)
 from checkpoints.retention import prune, published_steps
-from pipeline.errors import CheckpointError
+from core.errors import CheckpointError
 
 log = logging.getLogger("graine.checkpoints")
 
-LATEST = "latest"
-STATE = "graine_state.json"
-CONFIG = "config.yaml"
-TMP_PREFIX = ".tmp-"
 # Test hook: "RANK:PHASE[:STEP]" makes that rank fail the save (of that step) at that phase
 # (prepare, rng, deepspeed, metadata, hash, publish) with a disk-full error.
 FAIL_HOOK = "GRAINE_TEST_SAVE_FAIL"
-
-
-def tag_of(step: int) -> str:
-    return f"global_step{step}"
 
 
 # ------------------------------------------------------------------------------ collective helpers
@@ -289,38 +291,6 @@ class Checkpointer:
                         "so dropout masks will differ from an uninterrupted run", folder, saved_world, self.world)
         set_rng_state(safe_load.load(rng_file))
         return {**state, "path": str(folder)}
-
-
-def read_state(folder: Path) -> dict:
-    """The checkpoint's graine_state.json; CheckpointError naming the file if it is not a JSON object."""
-    path = Path(folder) / STATE
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path} cannot be read as graine's checkpoint state ({type(exc).__name__}: {exc}); "
-                              "the checkpoint is damaged or not graine's: move it away to resume from an earlier one") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not graine's checkpoint state")
-    return state
-
-
-# --------------------------------------------------------------------------------- latest pointer
-def read_latest(ckpt_dir: Path) -> str | None:
-    try:
-        tag = (Path(ckpt_dir) / LATEST).read_text().strip()
-    except OSError:
-        return None
-    return tag or None
-
-
-def write_latest(ckpt_dir: Path, tag: str) -> None:
-    tmp = ckpt_dir / f".{LATEST}.tmp"
-    with open(tmp, "w") as f:
-        f.write(tag + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ckpt_dir / LATEST)
-    manifest.fsync_dir(ckpt_dir)
 
 
 # ----------------------------------------------------------------------- helpers for graine status

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from checkpoints import manifest, safe_load
-from checkpoints.checkpointer import TMP_PREFIX, read_state
-from checkpoints.export import write_sharded
+from checkpoints.layout import TMP_PREFIX, read_state
+from checkpoints.safetensors_io import write_sharded
 from checkpoints.universal import (
     check_universal,
     manifest_sha256,
@@ -35,7 +35,7 @@ from checkpoints.universal import (
     run_ds_to_universal,
     universal_of,
 )
-from pipeline.errors import CheckpointError
+from core.errors import CheckpointError
 
 log = logging.getLogger("graine.checkpoints")
 

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.lineage import sha256_file
+from core.hashing import sha256_file
 
 MANIFEST = "manifest.json"
 

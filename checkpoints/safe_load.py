@@ -38,7 +38,7 @@ import pickletools
 import warnings
 from pathlib import Path
 
-from pipeline.errors import CheckpointError
+from core.errors import CheckpointError
 
 log = logging.getLogger("graine.checkpoints")
 

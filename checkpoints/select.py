@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 
 from checkpoints import manifest
-from checkpoints.checkpointer import read_latest, tag_of
+from checkpoints.layout import read_latest, tag_of
 from checkpoints.retention import published_steps
-from pipeline.errors import CheckpointError, ConfigError
+from core.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("graine.checkpoints")
 

@@ -11,7 +11,7 @@ Resuming: the checkpointer still resumes from `global_step<N>/` (step, data posi
 lets `load_engine_state()` call DeepSpeed: on the checkpoint itself when the world size is unchanged,
 else on its universal conversion, with DeepSpeed's `checkpoint.load_universal` switched on for that
 load (and the optimizer groups' hyper-parameters kept, see there). Data order is unaffected: batches are cut from the global sample index at
-`consumed_samples`, whatever the number of ranks (pipeline.data_loader).
+`consumed_samples`, whatever the number of ranks (training.data_loader).
 
 ZeRO-0 checkpoints cannot be converted: they have no optimizer-partition files (DEEPSPEED_CPU.md).
 """
@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from checkpoints import manifest, safe_load
-from checkpoints.checkpointer import CONFIG, STATE, TMP_PREFIX, read_state
-from pipeline.errors import CheckpointError
+from checkpoints.layout import CONFIG, STATE, TMP_PREFIX, read_state
+from core.errors import CheckpointError
 
 log = logging.getLogger("graine.checkpoints")
 

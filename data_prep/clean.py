@@ -32,15 +32,22 @@ import hashlib
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import zstandard
 from tqdm import tqdm
 
+from core.config import RunConfigBase as RunConfig
+from core.config import param
+from core.errors import DataError
+from core.stage import Stage, Step, TaskContext, one_task
 from data_prep import clean_stats as report
 from data_prep.dedup import (
     EXACT,
+    DedupConfig,
     SignatureIndex,
     TaskSignatures,
     exact_edges,
@@ -59,7 +66,7 @@ from data_prep.filters import (
 from data_prep.jsonl import ZSTD_LEVEL, JsonlWriter, dumps, read_jsonl, write_json, write_npy
 from data_prep.langid import LanguageIdentifier, check_languages
 from data_prep.minhash import MinHasher, band_hashes, is_cjk
-from data_prep.normalize import Normalizer
+from data_prep.normalize import NormalizeConfig, Normalizer
 from data_prep.pii import PiiRedactor
 from data_prep.readers import (
     BROKEN_FILE_REASONS,
@@ -72,9 +79,30 @@ from data_prep.readers import (
     read_slice,
     split_inputs,
 )
-from pipeline.config import CleanConfig, RunConfig
-from pipeline.errors import DataError
-from pipeline.stage import Stage, Step, TaskContext, one_task
+
+
+@dataclass(kw_only=True)
+class CleanConfig:
+    inputs: list[str] = param(default_factory=list, help="paths or globs of raw documents (jsonl, jsonl.gz, jsonl.zst, parquet, txt)")
+    text_field: str = param("text", help="field holding the document text")
+    id_field: str = param("id", help="field holding the document id (generated from source and line when absent)")
+    num_tasks: int = param(4, ge=1, le=100_000, shape=True, help="independent tasks (a Slurm array on a cluster)")
+    languages: list[str] = param(default_factory=list, help="ISO 639-1 codes to keep; empty keeps every language")
+    keep_other: bool = param(False, help="keep documents of unlisted languages under lang 'other' instead of excluding them")
+    min_lang_score: float = param(0.5, ge=0.0, le=1.0, help="default minimum language-id probability")
+    langid_chars: int = param(500, ge=50, help="characters of each document given to language id (its cost is linear)")
+    boilerplate: bool = param(True, help="remove boilerplate lines (cookie banners, copyright footers, navigation)")
+    code_extensions: list[str] = param(default_factory=lambda: [".py", ".js", ".java", ".c", ".cpp", ".go", ".rs", ".sh"], help="file extensions routed to the code path")
+    code_field: str = param("", help="record field whose value, when present, names the programming language")
+    normalize: NormalizeConfig = param(default_factory=NormalizeConfig)
+    filters: dict[str, dict[str, float]] = param(default_factory=dict, help="per-language overrides of the quality-filter table, e.g. {fr: {min_words: 20}}")
+    pii: bool = param(True, help="redact emails, IP addresses, phone numbers and secrets")
+    dedup: DedupConfig = param(default_factory=DedupConfig)
+    compression: Literal["zst", "gz"] = param("zst", help="compression of the clean/ shards")
+    on_corrupt_file: Literal["error", "skip"] = param("error", help="an input that cannot be read to its end (truncated "
+                                                      ".gz/.zst, corrupt parquet): error = fail the stage naming it; skip = keep "
+                                                      "the records read before the error, list the file in rejects.jsonl, go on")
+
 
 REASON_NAMES = {EXACT: "exact_duplicate", 1: "near_duplicate"}
 MINHASH_SEED = 1  # fixed: signatures are comparable across runs and configs
@@ -528,7 +556,7 @@ def summary(published_dir: Path) -> str:
     path = Path(published_dir) / "stats.json"
     if not path.is_file():
         return f"no stats.json in {published_dir}"
-    from pipeline.lineage import read_record
+    from core.lineage import read_record
 
     tasks = ((read_record(Path(published_dir)) or {}).get("num_tasks") or {}).get("filter")
     return report.render(json.loads(path.read_text()), tasks)
@@ -549,6 +577,7 @@ STAGE = Stage(
     summary=summary,
     external_inputs=input_files,
     check=check,
+    config={"clean": CleanConfig},
 )
 
 __all__ = ["STAGE", "DocumentCleaner", "InputFile", "check", "run_locally", "summary"]

@@ -14,6 +14,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.config import param
+from core.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class DedupConfig:
+    exact: bool = param(True, help="drop documents whose normalised text hash was seen before")
+    near: bool = param(True, help="MinHash LSH near-duplicate removal")
+    shingle_size: int = param(5, ge=1, help="words (characters for zh/ja) per shingle")
+    num_perm: int = param(128, ge=8, help="MinHash permutations; must equal bands * rows")
+    bands: int = param(16, ge=1, help="LSH bands")
+    rows: int = param(8, ge=1, help="rows per LSH band")
+    threshold: float = param(0.8, ge=0.0, le=1.0, help="estimated Jaccard above which two documents are duplicates")
+
+    def __post_init__(self) -> None:
+        if self.bands * self.rows != self.num_perm:
+            raise ConfigError(f"clean.dedup.num_perm={self.num_perm} must equal clean.dedup.bands * clean.dedup.rows "
+                              f"= {self.bands} * {self.rows}; set clean.dedup.num_perm={self.bands * self.rows}")
+
+
 EXACT, NEAR = 0, 1
 MAX_ALL_PAIRS = 32  # larger buckets are joined as a star around their smallest key
 

@@ -20,8 +20,8 @@ from importlib import resources
 
 import numpy as np
 
+from core.errors import ConfigError
 from data_prep.minhash import code_points, rolling_hashes
-from pipeline.errors import ConfigError
 
 CJK_LANGS = frozenset({"zh", "ja", "yue", "wuu"})
 PUNCT = "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum()) + \

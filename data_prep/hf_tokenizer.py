@@ -23,7 +23,7 @@ from pathlib import Path
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 
-from pipeline.errors import DataError
+from core.errors import DataError
 
 Piece = sp_pb2.ModelProto.SentencePiece
 SPECIAL_TYPES = (Piece.CONTROL, Piece.UNKNOWN)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import DataError
-from pipeline.lineage import sha256_file
+from core.errors import DataError
+from core.hashing import sha256_file
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import fasttext
 
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
 
 _LABEL = "__label__"
 # Languages the clean stage records besides the model's: programming languages (the code path),

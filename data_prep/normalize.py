@@ -10,10 +10,20 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 
 import ftfy
 
-from pipeline.config import NormalizeConfig
+from core.config import param
+
+
+@dataclass(kw_only=True)
+class NormalizeConfig:
+    nfc: bool = param(True, help="Unicode NFC normalisation")
+    fix_mojibake: bool = param(True, help="repair UTF-8 decoded as cp1252/latin-1 (ftfy, conservative)")
+    strip_control: bool = param(True, help="remove control characters except tab and newline")
+    whitespace: bool = param(True, help="collapse runs of spaces, trim lines, at most two blank lines")
+
 
 # UTF-8 read as cp1252/latin-1 leaves a lead byte (Ã Â â Å Ð Ñ ...) followed by a continuation-range
 # character; ftfy is slow, so it only sees documents that show this pattern.

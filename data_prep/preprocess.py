@@ -19,17 +19,30 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from core.config import param
+from core.errors import DataError
+from core.stage import Stage, Step, TaskContext
 from data_prep.indexed_dataset import IndexedDatasetWriter as Writer
 from data_prep.indexed_dataset import dtype_for_vocab, merge_datasets
 from data_prep.sampling import alpha_weights, unit_hash
 from data_prep.shards import count_lines, list_shards, read_shard
 from data_prep.tokenizer import job_cpus, load_tokenizer, tokenizer_info
-from pipeline.errors import DataError
-from pipeline.stage import Stage, Step, TaskContext
+
+
+@dataclass(kw_only=True)
+class PreprocessConfig:
+    num_tasks: int = param(4, ge=1, le=100_000, shape=True, help="tokenisation tasks (a Slurm array on a cluster)")
+    alpha: float = param(0.3, ge=0.0, le=1.0, help="blend weights over languages: p_l ∝ n_l^alpha")
+    multipliers: dict[str, float] = param(default_factory=dict, help="explicit per-dataset weight multipliers")
+    split_by_source: bool = param(False, help="one dataset per language and source instead of per language")
+    validation_fraction: float = param(0.01, ge=0.0, le=0.5, help="share of documents held out for validation")
+    source_field: str = param("source", help="clean/ record field naming the source, for split_by_source")
+
 
 SPLITS = ("train", "valid")
 BATCH_DOCS = 512  # documents per SentencePiece batch call: amortises the call, bounds memory
@@ -232,4 +245,5 @@ STAGE = Stage(
     description="tokenise clean/ into Megatron mmap datasets per language, merge, and write blend weights",
     summary=summary,
     output="shards",
+    config={"preprocess": PreprocessConfig},
 )

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import zstandard
 
-from pipeline.errors import DataError
+from core.errors import DataError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".ndjson")
 TEXT_SUFFIXES = (".txt", ".md")

@@ -11,7 +11,7 @@ Per-dataset work is vectorised numpy (no Python loop over documents or samples);
 one short loop per sample. Everything is cached in `shards/index-cache/<name>/` (one .npy file per
 array, published by one rename of the folder, mapped read-only) under a fingerprint of the settings and
 of the shards' hashes from blend.json; a change of either builds a new index. In a training job rank 0
-builds it and the other ranks map it once it is published (pipeline.train.build_data).
+builds it and the other ranks map it once it is published (training.pretrain.build_data).
 Global batch g is samples [g·B, (g+1)·B) of this order.
 """
 
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import DataError
 from data_prep.indexed_dataset import IndexedDataset
-from pipeline.errors import DataError
 
 log = logging.getLogger("graine.sample_index")
 

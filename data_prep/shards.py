@@ -17,7 +17,7 @@ from pathlib import Path
 
 import zstandard
 
-from pipeline.errors import DataError
+from core.errors import DataError
 
 log = logging.getLogger("graine.shards")
 

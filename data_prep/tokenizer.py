@@ -21,14 +21,34 @@ import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import sentencepiece as spm
 
+from core.config import param
+from core.errors import ConfigError, DataError
+from core.stage import Stage, Step, TaskContext
 from data_prep.hf_tokenizer import load_proto, write_hf_files
 from data_prep.sampling import build_sample
 from data_prep.shards import read_documents
-from pipeline.errors import ConfigError, DataError
-from pipeline.stage import Stage, Step, TaskContext
+
+
+@dataclass(kw_only=True)
+class TokenizerConfig:
+    vocab_size: int = param(8000, ge=300, le=1_000_000, help="vocabulary size, special tokens included")
+    model_type: Literal["bpe", "unigram"] = param("bpe", help="SentencePiece model type")
+    alpha: float = param(0.3, ge=0.0, le=1.0, help="language sampling exponent: p_l ∝ n_l^alpha")
+    sample_bytes: int = param(50_000_000, ge=1000, help="maximum size of the training sample")
+    heldout_fraction: float = param(0.02, ge=0.0, le=0.5, help="share of clean/ kept out of the sample for the report")
+    user_defined_symbols: list[str] = param(default_factory=list, help="extra special tokens")
+    split_digits: bool = param(True, help="split numbers into single digits")
+    byte_fallback: bool = param(True, help="encode unknown characters as bytes (no <unk>)")
+    max_memory_gb: float = param(0.0, ge=0.0, help="memory the training may use; 0 = the job's or machine's")
+    threads: int = param(0, ge=0, help="training threads; 0 = the job's CPUs")
+    character_coverage: float = param(0.9995, ge=0.9, le=1.0, help="share of sample characters given their own "
+                                      "piece; the rarest fall back to bytes")
+    split_by_whitespace: bool = param(True, help="pieces never span a space (false lets pieces like 'a▁b' form)")
+
 
 log = logging.getLogger("graine.tokenizer")
 
@@ -256,4 +276,5 @@ STAGE = Stage(
     steps=(Step("sample", sample_step), Step("train", train_step), Step("report", report_step)),
     description="α-sampled SentencePiece tokenizer with byte fallback and an identical Hugging Face export",
     summary=summary,
+    config={"tokenizer": TokenizerConfig},
 )

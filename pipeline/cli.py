@@ -22,16 +22,20 @@ import shlex
 import signal
 import sys
 
-from pipeline import stages
+from core.errors import ConfigError, GraineError
+from pipeline import registry
 from pipeline.config import load_config
-from pipeline.errors import ConfigError, GraineError
 
 log = logging.getLogger("graine")
 
-EPILOG = """overrides are key=value pairs, the value parsed as YAML:
-  train.lr=3e-4   clean.languages='[en, fr]'   cluster.profile=jean-zay-h100 cluster.account=abc@h100
+OVERRIDES = """overrides are key=value pairs, the value parsed as YAML:
+  train.lr=3e-4   clean.languages='[en, fr]'   cluster.profile=jean-zay-h100 cluster.account=abc@h100"""
 
-stages, in order: clean, tokenizer, preprocess, pretrain, export (or 'all')"""
+
+def epilog() -> str:
+    """The overrides' syntax and the stages, in order, from the registry."""
+    stages = "\n".join(f"  {s.name:<11} {s.description}" for s in registry.builtin())
+    return f"{OVERRIDES}\n\nstages, in order (or 'all'):\n{stages}"
 
 
 class Parser(argparse.ArgumentParser):
@@ -55,12 +59,12 @@ def _trust(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="graine", description="Train BLOOM-style multilingual language models on Slurm.",
-               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+               epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     r = sub.add_parser("run", help="run a stage (or all) and everything it needs that is not done",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("stage", help="clean, tokenizer, preprocess, pretrain, export or all")
+                       epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("stage", help=f"{', '.join(registry.ORDER)} or all")
     r.add_argument("--executor", "-e", default=os.environ.get("GRAINE_EXECUTOR") or "local",
                    help="inline (this process), local (processes here, default) or slurm")
     r.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
@@ -227,8 +231,8 @@ def cmd_sbatch(args) -> int:
     from pipeline.slurm import render_sbatch
 
     cfg = _config(args)
-    preflight(cfg, [stages.get(args.stage)], "slurm")
-    print(render_sbatch(cfg, stages.get(args.stage), args.config, args.overrides))
+    preflight(cfg, [registry.get(args.stage)], "slurm")
+    print(render_sbatch(cfg, registry.get(args.stage), args.config, args.overrides))
     return 0
 
 
@@ -236,7 +240,7 @@ def cmd_task(args) -> int:
     from pipeline.task import TaskRunner
 
     cfg = _config(args)
-    stage = stages.get(args.stage)
+    stage = registry.get(args.stage)
     steps = {s.name: s for s in stage.steps}
     if args.step not in steps:
         raise ConfigError(f"stage {stage.name} has no step '{args.step}'; its steps: {', '.join(steps)}")
@@ -257,11 +261,12 @@ def _check_work_folder(cfg, stage) -> None:
     import json
     import time
 
-    from pipeline import lineage
-    from pipeline.task import StagePaths, write_atomic
+    from core import lineage
+    from core.fs import write_atomic
+    from pipeline.task import StagePaths
 
     paths = StagePaths(cfg.run_path, stage.name)
-    key = lineage.fingerprint(cfg, stage).key
+    key = lineage.fingerprint(cfg, stage, registry.folder_of).key
     stamp = paths.work / "fingerprint.json"
     try:
         previous = json.loads(stamp.read_text())["key"]
@@ -277,7 +282,7 @@ def cmd_publish(args) -> int:
     from pipeline.task import StagePaths, publish
 
     cfg = _config(args)
-    stage = stages.get(args.stage)
+    stage = registry.get(args.stage)
     paths = StagePaths(cfg.run_path, stage.name)
     for step in stage.steps:
         n = step.count(cfg)
@@ -289,26 +294,22 @@ def cmd_publish(args) -> int:
 
 
 def cmd_checkpoint(args) -> int:
-    try:
-        from checkpoints.cli import checkpoint_command
-    except ModuleNotFoundError as exc:
-        if exc.name != "checkpoints.cli":
-            raise
-        raise GraineError("checkpoint tools are not implemented yet") from None
+    from pipeline.checkpoint_cli import checkpoint_command
+
     return checkpoint_command(_config(args), args.action, args.step, full=args.full)
 
 
 def cmd_verify(args) -> int:
     """Exit 0 when every published output matches its record (checksums recomputed), 1 otherwise."""
     from checkpoints import manifest
-    from pipeline.lineage import read_record
-    from pipeline.verify import check_folder
+    from core.lineage import read_record
+    from core.verify import check_folder
 
     cfg = _config(args)
-    names = [stages.get(args.stage).name] if args.stage else stages.known()
+    names = [registry.get(args.stage).name] if args.stage else registry.known()
     problems, checked = [], 0
     for name in names:
-        folder = cfg.run_path / stages.get(name).folder
+        folder = cfg.run_path / registry.get(name).folder
         record = read_record(folder)
         if record is None:
             print(f"{name:<11} not published")

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import lineage, stages
-from pipeline.errors import ConfigError, StageError
+from core import lineage
+from core.errors import ConfigError, StageError
+from pipeline import registry
 
 UNSET = "(unset)"
 MAX_LISTED = 5
@@ -208,7 +209,7 @@ def _document_detail(name: str, fa: Path, fb: Path, differing: list[str]) -> str
 
 def compare_stage(name: str, a: Path, b: Path, diverged: list[str]) -> StageDiff:
     try:
-        stage = stages.get(name)
+        stage = registry.get(name)
     except StageError:
         return StageDiff(name, state="absent")
     folder = stage.folder
@@ -287,12 +288,12 @@ def diff_runs(run_a: Path, run_b: Path) -> Report:
     for run in (run_a, run_b):
         if not run.is_dir():
             raise ConfigError(f"{run} is not a directory; give two run directories (run_dir of each run)")
-    found = [s for s in stages.ORDER if lineage.read_record(run_a / _folder(s)) or lineage.read_record(run_b / _folder(s))]
+    found = [s for s in registry.ORDER if lineage.read_record(run_a / _folder(s)) or lineage.read_record(run_b / _folder(s))]
     if not found:
         raise ConfigError(f"neither {run_a} nor {run_b} holds a published stage (no */{lineage.RECORD}); "
                           "give two run directories")
     out, diverged = [], []
-    for name in stages.ORDER:
+    for name in registry.ORDER:
         d = compare_stage(name, run_a, run_b, diverged)
         if d.state in ("different", "missing"):
             diverged.append(name)
@@ -303,6 +304,6 @@ def diff_runs(run_a: Path, run_b: Path) -> Report:
 
 def _folder(name: str) -> str:
     try:
-        return stages.folder_of(name)
+        return registry.folder_of(name)
     except StageError:
         return name

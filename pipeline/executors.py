@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError, StageError
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError, StageError
 
 log = logging.getLogger("graine")
 EXECUTORS = ("inline", "local", "slurm")
@@ -151,7 +151,7 @@ class LocalExecutor(Executor):
             world = self.cfg.train.devices_per_node * self.cfg.train.num_nodes
             # The ranks of a local job rendezvous on a port free on this machine now, chosen here and
             # handed to them in the environment (a port derived from the job id may be in use).
-            from pipeline.distributed import free_port
+            from training.distributed import free_port
 
             previous = os.environ.get("MASTER_PORT")  # one the user exported wins
             os.environ["MASTER_PORT"] = previous or str(free_port())

@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from pipeline.errors import LockError
+from core.errors import LockError
 
 log = logging.getLogger("graine")
 LOCK_NAME = ".graine.lock"

@@ -15,12 +15,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import lineage, stages
+from core import lineage
+from core.errors import ConfigError, DataError, StageError
+from core.fs import write_atomic
+from core.stage import Stage
+from pipeline import registry
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError, DataError, StageError
 from pipeline.executors import Executor, Handle, make_executor
 from pipeline.lock import RunLock
-from pipeline.stage import Stage
 from pipeline.task import (
     REQUEUE,
     Publisher,
@@ -28,7 +30,6 @@ from pipeline.task import (
     TaskRunner,
     apply_run_dir_mode,
     publish,
-    write_atomic,
 )
 
 log = logging.getLogger("graine")
@@ -47,7 +48,7 @@ class Plan:
 def plan_stage(cfg: RunConfig, stage: Stage, force: bool, upstream_rerun: bool = False) -> Plan:
     paths = StagePaths(Path(cfg.run_dir), stage.name)
     record = lineage.read_record(paths.published)
-    fp = lineage.fingerprint(cfg, stage)
+    fp = lineage.fingerprint(cfg, stage, registry.folder_of)
     if fp.missing and not upstream_rerun:
         return Plan(stage, "refuse", f"upstream {', '.join(fp.missing)} is not complete; run "
                     f"`graine run {fp.missing[0]}` first, or `graine run all`")
@@ -56,7 +57,7 @@ def plan_stage(cfg: RunConfig, stage: Stage, force: bool, upstream_rerun: bool =
         if why is None:
             return Plan(stage, "skip", f"complete and up to date (finished {record.get('finished')}); "
                         "nothing to do (--force redoes it)")
-        redo = [stage.name] + stages.downstream(stage.name)
+        redo = [stage.name] + registry.downstream(stage.name)
         return Plan(stage, "refuse", f"stale: {why}. Re-run with `graine run {stage.name} --force`, then "
                     f"{', '.join(redo[1:]) or 'nothing else'}")
     fresh = force or upstream_rerun or not _work_matches(paths, fp)
@@ -79,7 +80,7 @@ def _work_matches(paths: StagePaths, fp: lineage.Fingerprint) -> bool:
 def _prepare_work(cfg: RunConfig, stage: Stage, plan: Plan) -> None:
     """Start from a clean work folder unless the previous attempt had the same inputs and config."""
     paths = StagePaths(Path(cfg.run_dir), stage.name)
-    fp = lineage.fingerprint(cfg, stage)
+    fp = lineage.fingerprint(cfg, stage, registry.folder_of)
     all_pending = all(len(r) == s.count(cfg)
                       for s, r in zip(stage.steps, plan.tasks.values()))
     if all_pending and paths.work.exists() and not (stage.publish is False and _work_matches(paths, fp)):
@@ -92,10 +93,10 @@ def _prepare_work(cfg: RunConfig, stage: Stage, plan: Plan) -> None:
 
 
 def resolve(names: list[str]) -> list[Stage]:
-    order = stages.known()
+    order = registry.known()
     if names == ["all"]:
-        names = stages.ORDER
-    found = [stages.get(n) for n in dict.fromkeys(names)]  # unknown names fail here, with the list
+        names = registry.ORDER
+    found = [registry.get(n) for n in dict.fromkeys(names)]  # unknown names fail here, with the list
     return sorted(found, key=lambda s: order.index(s.name))
 
 

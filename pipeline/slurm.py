@@ -26,9 +26,9 @@ from typing import Any, Literal
 import yaml
 from submitit.slurm.slurm import _get_default_parameters
 
+from core.errors import ConfigError, StageError
+from core.stage import Stage, Step
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError, StageError
-from pipeline.stage import Stage, Step
 
 Kind = Literal["cpu", "gpu", "dev"]
 KINDS: tuple[str, ...] = ("cpu", "gpu", "dev")
@@ -465,10 +465,10 @@ _STAND_INS = {
 
 def example_stage(name: str) -> Stage:
     """The registered stage once it exists, else a stand-in of the same shape."""
-    from pipeline import stages
+    from pipeline import registry
 
     try:
-        return stages.get(name)
+        return registry.get(name)
     except StageError:
         return _STAND_INS[name]
 

@@ -6,9 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import lineage, stages
+from core import lineage
+from core.errors import StageError
+from pipeline import registry
 from pipeline.config import RunConfig
-from pipeline.errors import StageError
 from pipeline.executors import tail
 from pipeline.lock import pid_alive, slurm_job_states
 from pipeline.task import StagePaths
@@ -30,13 +31,13 @@ def _find_err_log(logs: Path, job_id: str) -> Path | None:
 
 def stage_status(cfg: RunConfig, name: str) -> StageStatus:
     try:
-        stage = stages.get(name)
+        stage = registry.get(name)
     except StageError as exc:
         return StageStatus(name, "not implemented", str(exc).split(";")[0])
     paths = StagePaths(Path(cfg.run_dir), name)
     record = lineage.read_record(paths.published)
     if record is not None:
-        why = lineage.stale_reason(record, lineage.fingerprint(cfg, stage), stage.sections)
+        why = lineage.stale_reason(record, lineage.fingerprint(cfg, stage, registry.folder_of), stage.sections)
         summary = _summary(stage, paths.published)
         if why:
             return StageStatus(name, "stale", f"{why}; re-run: graine run {name} --force", summary)
@@ -93,7 +94,7 @@ def format_status(cfg: RunConfig) -> str:
             lines.append(f"locked by {h.get('command')} (host {h.get('host')}, pid {h.get('pid')}, since {h.get('since')})")
         except (OSError, json.JSONDecodeError):
             pass
-    for name in stages.known():
+    for name in registry.known():
         st = stage_status(cfg, name)
         lines.append(f"{name:<11} {st.state:<15} {st.detail}".rstrip())
         if st.summary:

@@ -15,17 +15,19 @@ import shutil
 import signal
 import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import lineage, stages
+from core import lineage
+from core.fs import write_atomic
+from core.lineage import check_inputs
+from core.signals import catch_stop_signals
+from core.stage import Stage, TaskContext
+from pipeline import registry
 from pipeline.config import RunConfig, build
 from pipeline.lock import release_chain
-from pipeline.stage import Stage, TaskContext
-from pipeline.stages import folder_of
-from pipeline.verify import check_inputs
+from pipeline.registry import folder_of
 
 log = logging.getLogger("graine")
 
@@ -43,6 +45,11 @@ def setup_logging(rank: int | None = None) -> None:
     tag = f"[rank {rank}] " if rank is not None else ""
     logging.basicConfig(level=logging.INFO, force=True, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def upstream_folders(stage: Stage) -> dict[str, str]:
+    """{upstream stage: the folder it publishes under the run directory}."""
+    return {name: folder_of(name) for name in stage.needs}
 
 
 @dataclass
@@ -91,16 +98,6 @@ def apply_run_dir_mode(cfg: RunConfig) -> None:
         run_dir.chmod(mode)  # mkdir's mode is filtered by the umask of the moment
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @dataclass
 class TaskRunner:
     """One task of one step. Called with the task's rank (array index); distributed steps ignore it."""
@@ -109,20 +106,21 @@ class TaskRunner:
     stage: Stage
     step: str
     num_tasks: int
-    registry: dict[str, Stage] = field(default_factory=stages.registered)
+    registry: dict[str, Stage] = field(default_factory=registry.registered)
 
     def _step(self):
         return next(s for s in self.stage.steps if s.name == self.step)
 
     def __call__(self, rank: int = 0) -> str:
         for extra in self.registry.values():
-            stages.register(extra)
+            registry.register(extra)
         step = self._step()
         cfg: RunConfig = build(RunConfig, self.cfg, "")
         apply_run_dir_mode(cfg)
         if step.kind == "gpu":
             return self._run_distributed()
-        check_inputs(Path(cfg.run_dir), self.stage.needs, full=cfg.verify_inputs == "full")
+        folders = upstream_folders(self.stage)
+        check_inputs({name: Path(cfg.run_dir) / f for name, f in folders.items()}, full=cfg.verify_inputs == "full")
         paths = StagePaths(Path(cfg.run_dir), self.stage.name)
         setup_logging(rank)
         marker = paths.marker(self.step, rank)
@@ -130,7 +128,8 @@ class TaskRunner:
             log.info("%s/%s task %d already complete (%s); skipping", self.stage.name, self.step, rank, marker)
             return "done"
         ctx = TaskContext(cfg, self.stage.name, self.step, rank, self.num_tasks,
-                          out_dir=paths.staging if self.stage.publish else paths.published, work_dir=paths.scratch)
+                          out_dir=paths.staging if self.stage.publish else paths.published, work_dir=paths.scratch,
+                          folders=folders)
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
@@ -144,7 +143,7 @@ class TaskRunner:
         # requeue goes through submitit's checkpoint mechanism (checkpoint() below, scontrol requeue).
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         previous = catch_stop_signals()
-        from pipeline.distributed import ENV_KEYS, SOURCE_KEY, export_launch_env
+        from training.distributed import ENV_KEYS, SOURCE_KEY, export_launch_env
 
         global ran_distributed
         ran_distributed = True
@@ -156,7 +155,7 @@ class TaskRunner:
         cfg: RunConfig = build(RunConfig, self.cfg, "")
         paths = StagePaths(Path(cfg.run_dir), self.stage.name)
         ctx = TaskContext(cfg, self.stage.name, self.step, rank, world,
-                          out_dir=paths.published, work_dir=paths.scratch)
+                          out_dir=paths.published, work_dir=paths.scratch, folders=upstream_folders(self.stage))
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         try:
             result = self._step().run(ctx) or "done"
@@ -187,25 +186,6 @@ class TaskRunner:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-# A stop signal (walltime warning, preemption) that arrives while a training task starts up, before its
-# loop installs its own handlers: recorded here instead of killing the process (USR1's default action).
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
-_early_signals: list[int] = []
-
-
-def catch_stop_signals() -> dict:
-    """Record stop signals from now on; returns the previous handlers (to restore)."""
-    _early_signals.clear()  # one that reached an earlier (inline) run does not stop this one
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {sig: signal.signal(sig, lambda signum, frame: _early_signals.append(signum)) for sig in STOP_SIGNALS}
-
-
-def early_stop_signal() -> int:
-    """The first stop signal received before the training loop took over (0 if none)."""
-    return _early_signals[0] if _early_signals else 0
-
-
 def _hard_exit() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
@@ -219,11 +199,11 @@ class Publisher:
     cfg: dict
     stage: Stage
     release_chain: str = ""
-    registry: dict[str, Stage] = field(default_factory=stages.registered)
+    registry: dict[str, Stage] = field(default_factory=registry.registered)
 
     def __call__(self) -> str:
         for extra in self.registry.values():
-            stages.register(extra)
+            registry.register(extra)
         setup_logging()
         cfg: RunConfig = build(RunConfig, self.cfg, "")
         apply_run_dir_mode(cfg)
@@ -237,7 +217,7 @@ class Publisher:
 def publish(cfg: RunConfig, stage: Stage) -> str:
     paths = StagePaths(Path(cfg.run_dir), stage.name)
     started = _started(paths)
-    fp = lineage.fingerprint(cfg, stage)
+    fp = lineage.fingerprint(cfg, stage, registry.folder_of)
     if not stage.publish:
         folder = paths.published
         write_atomic(folder / lineage.RESOLVED_CONFIG, cfg.to_yaml())

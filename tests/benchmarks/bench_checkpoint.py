@@ -32,8 +32,8 @@ import torch  # noqa: E402
 
 from checkpoints.checkpointer import Checkpointer  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.engine import build_engine  # noqa: E402
-from pipeline.model import BloomModel  # noqa: E402
+from training.engine import build_engine  # noqa: E402
+from training.model import BloomModel  # noqa: E402
 
 MODELS = {
     "demo": ["model.size=demo", "model.num_layers=2", "model.hidden_size=64", "model.num_heads=4"],

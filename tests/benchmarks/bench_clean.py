@@ -21,14 +21,14 @@ import shutil
 import time
 from pathlib import Path
 
-from data_prep.clean import BATCH_DOCS, STAGE, DocumentCleaner, exact_hash
+from core.stage import TaskContext
+from data_prep.clean import BATCH_DOCS, STAGE, CleanConfig, DocumentCleaner, exact_hash
 from data_prep.clean_stats import new_stats
 from data_prep.filters import remove_boilerplate
 from data_prep.minhash import MinHasher, is_cjk
 from data_prep.readers import Document, Fields, list_inputs, read_file
 from data_prep.synthetic import KEPT_LANGUAGES, write_corpus
-from pipeline.config import CleanConfig, RunConfig
-from pipeline.stage import TaskContext
+from pipeline.config import RunConfig
 
 
 def generate(workdir: Path, mb: float) -> Path:

@@ -23,10 +23,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "data_prep")]
 
 from test_tokenizer_corpus import make_config, make_documents, run_stage, write_clean  # noqa: E402
 
+from core.stage import TaskContext  # noqa: E402
 from data_prep import preprocess, tokenizer  # noqa: E402
 from data_prep.indexed_dataset import write_index  # noqa: E402
 from data_prep.sample_index import BlendedSampleIndex  # noqa: E402
-from pipeline.stage import TaskContext  # noqa: E402
 
 
 def run_task(run: str, rank: int, world: int) -> None:

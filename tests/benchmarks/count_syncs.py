@@ -45,7 +45,7 @@ def worker(spec: dict) -> None:
     sys.path.insert(0, str(REPO / "tests" / "checkpoints"))
     import train_harness
 
-    from pipeline import trainer as trainer_mod
+    from training import trainer as trainer_mod
 
     counts: Counter = Counter()
     steps = {"n": 0}

@@ -18,7 +18,7 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels tests/
 echo "== graine's process group on the GPU: CPU and CUDA tensors all-reduced (world 1, then 2 ranks on GPU 0)"
 cat > /tmp/pg_check.py <<'PY'
 import os, sys, torch, torch.distributed as dist
-from pipeline.distributed import Launch, init_process_group
+from training.distributed import Launch, init_process_group
 rank, world = int(sys.argv[1]), int(sys.argv[2])
 launch = Launch(rank, 0, world, world, 0, "127.0.0.1", int(sys.argv[3]), "check")  # every rank on GPU 0
 try:

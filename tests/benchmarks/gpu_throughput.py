@@ -33,9 +33,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from kernels.attention import attention_eager, attention_flex, attention_sdpa, split_qkv  # noqa: E402
-from pipeline.config import ModelConfig  # noqa: E402
-from pipeline.model import BloomModel  # noqa: E402
-from pipeline.model_presets import BLOOM_VOCAB_SIZE  # noqa: E402
+from training.config import ModelConfig  # noqa: E402
+from training.model import BloomModel  # noqa: E402
+from training.presets import BLOOM_VOCAB_SIZE  # noqa: E402
 
 H100_BF16_PEAK = 989e12
 
@@ -155,7 +155,7 @@ def build_graine(cfg: ModelConfig, vocab: int, device, dtype):
 def build_hf(graine_model: BloomModel, cfg: ModelConfig, device, dtype):
     from transformers import BloomForCausalLM
 
-    from checkpoints.hf_mapping import hf_config, to_hf_state_dict
+    from training.hf_mapping import hf_config, to_hf_state_dict
 
     config = hf_config(cfg, graine_model.padded_vocab_size)
     config.use_cache = False

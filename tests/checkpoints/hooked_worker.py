@@ -46,7 +46,7 @@ def install_optimizer_capture(path: str) -> None:
     import torch
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-    from pipeline.trainer import Trainer
+    from training.trainer import Trainer
 
     original = Trainer.close
 

@@ -12,10 +12,10 @@ from hooked_worker import OPTIM_STATE, launch
 from safetensors import safe_open
 
 from checkpoints import manifest
-from checkpoints.cli import checkpoint_command
 from checkpoints.dump import STATES
+from core.errors import CheckpointError
+from pipeline.checkpoint_cli import checkpoint_command
 from pipeline.config import load_config
-from pipeline.errors import CheckpointError
 
 
 def read_state(folder, state: str) -> dict[str, torch.Tensor]:

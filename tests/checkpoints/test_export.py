@@ -13,10 +13,10 @@ import pytest
 import tiny_run
 import torch
 
-from checkpoints import export
+from core.errors import GraineError
 from pipeline import runner
-from pipeline.errors import GraineError
-from pipeline.model import BloomModel
+from training import export
+from training.model import BloomModel
 
 transformers = pytest.importorskip("transformers")
 
@@ -140,7 +140,7 @@ def test_a_missing_step_names_the_available_ones(run):
 
 
 def test_checkpoint_list_shows_validity_marks_and_tokens(run, capsys):
-    from checkpoints.cli import checkpoint_command
+    from pipeline.checkpoint_cli import checkpoint_command
 
     runner.run(cfg_of(run), ["export"], executor="inline")
     victim = run[0] / "checkpoints" / "global_step4" / "graine_state.json"

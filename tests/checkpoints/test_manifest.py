@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from checkpoints import manifest
-from checkpoints.checkpointer import latest_checkpoint_info, read_latest, write_latest
+from checkpoints.checkpointer import latest_checkpoint_info
+from checkpoints.layout import read_latest, write_latest
 
 
 def published(tmp_path):

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_harness import kill_9, launch, losses, start  # noqa: E402
 
 from checkpoints import manifest  # noqa: E402
-from checkpoints.checkpointer import read_latest  # noqa: E402
+from checkpoints.layout import read_latest  # noqa: E402
 
 STEPS = 64
 OVERRIDES = ["train.zero_stage=1", f"train.train_tokens={STEPS * 4 * 32}", f"train.decay_tokens={STEPS * 4 * 32}",

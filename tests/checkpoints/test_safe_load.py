@@ -22,9 +22,10 @@ from test_universal import config_file
 from train_harness import REPO, env, launch, losses
 
 from checkpoints import manifest, safe_load
-from checkpoints.checkpointer import rng_state, set_rng_state, write_latest
-from checkpoints.cli import checkpoint_command
+from checkpoints.checkpointer import rng_state, set_rng_state
+from checkpoints.layout import write_latest
 from checkpoints.universal import convert
+from pipeline.checkpoint_cli import checkpoint_command
 from pipeline.config import load_config
 
 GRAINE = [sys.executable, "-m", "pipeline.cli"]
@@ -278,7 +279,7 @@ def test_dump_and_universal_resume_refuse_planted_pickles(zero2, tmp_path, marke
 
 
 def test_export_refuses_planted_pickles(zero2, tmp_path, marker):
-    from checkpoints.export import consolidated_fp32
+    from training.export import consolidated_fp32
 
     run_dir = copy_run(zero2, tmp_path / "run")
     folder = run_dir / "checkpoints" / "global_step8"

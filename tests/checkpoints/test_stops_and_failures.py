@@ -12,7 +12,7 @@ import pytest
 from train_harness import launch, losses, start, worker_pids
 
 from checkpoints import manifest
-from checkpoints.checkpointer import read_latest
+from checkpoints.layout import read_latest
 
 
 def wait_for_step(run_dir: Path, proc, step: int, timeout: float = 90) -> None:

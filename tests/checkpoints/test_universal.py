@@ -19,7 +19,7 @@ from hooked_worker import launch
 from train_harness import REPO, base_overrides, env, losses, records
 
 from checkpoints import manifest
-from checkpoints.checkpointer import write_latest
+from checkpoints.layout import write_latest
 from checkpoints.universal import check_universal
 
 GRAINE = [sys.executable, "-m", "pipeline.cli"]

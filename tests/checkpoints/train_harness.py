@@ -1,9 +1,9 @@
 """Run the real `pretrain` step in real processes (torch.distributed.run, gloo, DeepSpeed on CPU).
 
 As a script (one process per rank): builds a TaskContext from a JSON spec and calls
-`pipeline.train.train_step(ctx)`. Until the preprocess stage's sample index is used here, the data is a
-deterministic synthetic token stream (a noisy Markov chain, so the loss can fall), and the model is
-`pipeline.model.BloomModel` when it exists, else a tiny LM below.
+`training.pretrain.train_step(ctx)`. The data is a deterministic synthetic token
+stream (a noisy Markov chain, so the loss can fall) instead of the preprocess stage's sample index; the
+model is a small `training.model.BloomModel`.
 
 From tests: `launch(...)` starts it and `losses(...)` reads the per-step losses it logged.
 """
@@ -45,35 +45,6 @@ class SyntheticTokens:
         return out
 
 
-class TinyLM(torch.nn.Module):
-    """Embedding, one pre-LN MLP block, tied output: enough to learn the chain above."""
-
-    def __init__(self, vocab: int, hidden: int = 32):
-        super().__init__()
-        self.embed = torch.nn.Embedding(vocab, hidden)
-        self.norm = torch.nn.LayerNorm(hidden)
-        self.blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(hidden, 4 * hidden), torch.nn.GELU(),
-                                                               torch.nn.Linear(4 * hidden, hidden))])
-        self.final_norm = torch.nn.LayerNorm(hidden)
-        torch.nn.init.normal_(self.embed.weight, std=0.02)
-
-    def forward(self, input_ids, labels=None):
-        x = self.norm(self.embed(input_ids))
-        for block in self.blocks:
-            x = x + block(x)
-        logits = self.final_norm(x) @ self.embed.weight.t()
-        if labels is None:
-            return logits
-        return torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1))
-
-    def flops_per_token(self, seq_len: int) -> float:
-        return 6 * sum(p.numel() for p in self.parameters())
-
-
-def use_bloom() -> bool:
-    return (REPO / "pipeline" / "model.py").exists() and os.environ.get("GRAINE_TEST_TINY_MODEL") != "1"
-
-
 def base_overrides(run_dir: Path) -> list[str]:
     """A run of 16 steps of 4 samples x 32 tokens, saving every 4 steps."""
     model = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.pad_vocab_to_multiple=32"]
@@ -85,11 +56,11 @@ def base_overrides(run_dir: Path) -> list[str]:
 
 # ------------------------------------------------------------------------------------ worker side
 def worker(spec_path: str, on_exit=None) -> None:
-    from pipeline import train
+    from core.stage import TaskContext
     from pipeline.config import load_config
-    from pipeline.stage import TaskContext
     from pipeline.task import setup_logging
-    from pipeline.trainer import TrainData
+    from training import pretrain
+    from training.trainer import TrainData
 
     spec = json.loads(Path(spec_path).read_text())
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -105,19 +76,17 @@ def worker(spec_path: str, on_exit=None) -> None:
         return data, vocab
 
     def build_model(cfg, vocab):
+        from training.model import BloomModel
+
         torch.manual_seed(cfg.seed)
-        if use_bloom():
-            from pipeline.model import BloomModel
+        return BloomModel(cfg.model, vocab)
 
-            return BloomModel(cfg.model, vocab)
-        return TinyLM(vocab, cfg.model.hidden_size)
-
-    train.build_data, train.build_model = build_data, build_model
+    pretrain.build_data, pretrain.build_model = build_data, build_model
     ctx = TaskContext(cfg, "pretrain", "train", rank, world, out_dir=Path(cfg.run_dir) / "pretrain",
                       work_dir=Path(cfg.run_dir) / ".work")
     code = 0
     try:
-        result = train.train_step(ctx)
+        result = pretrain.train_step(ctx)
     except Exception as exc:  # reported to the test through the result file and the exit code
         import traceback
 

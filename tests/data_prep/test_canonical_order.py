@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from core import lineage
 from data_prep import clean as clean_stage
+from data_prep.clean import CleanConfig
 from data_prep.jsonl import read_jsonl
 from data_prep.readers import Document, Fields, list_inputs, read_file
 from data_prep.synthetic import KEPT_LANGUAGES, build_corpus, write_corpus
-from pipeline import lineage, runner
-from pipeline.config import CleanConfig, RunConfig
+from pipeline import runner
+from pipeline.config import RunConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
 import tiny_run  # noqa: E402

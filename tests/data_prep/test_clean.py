@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import zstandard
 
-from data_prep.clean import STAGE, DocumentCleaner, run_locally, summary
+from core.errors import ConfigError, DataError
+from data_prep.clean import STAGE, CleanConfig, DocumentCleaner, run_locally, summary
 from data_prep.clean_stats import new_stats
 from data_prep.jsonl import read_jsonl
 from data_prep.langid import model_labels
 from data_prep.readers import Document, Fields, list_inputs, read_file
 from data_prep.synthetic import KEPT_LANGUAGES, TextGenerator, build_corpus
 from pipeline.cli import main
-from pipeline.config import CleanConfig, RunConfig
-from pipeline.errors import ConfigError, DataError
+from pipeline.config import RunConfig
 
 
 def clean(corpus: Path, out: Path, num_tasks: int) -> Path:

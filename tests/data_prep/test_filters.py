@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from core.errors import ConfigError
 from data_prep.filters import (
     CodeFilter,
     CodeParams,
@@ -18,11 +19,9 @@ from data_prep.filters import (
     split_words,
 )
 from data_prep.langid import LanguageIdentifier
-from data_prep.normalize import Normalizer
+from data_prep.normalize import NormalizeConfig, Normalizer
 from data_prep.pii import PiiRedactor
 from data_prep.synthetic import KEPT_LANGUAGES, WRONG_LANGUAGES, TextGenerator
-from pipeline.config import NormalizeConfig
-from pipeline.errors import ConfigError
 
 
 def text(lang: str, words: int = 120, seed: int = 0) -> str:

@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
+from core.errors import DataError
 from data_prep.indexed_dataset import IndexedDataset, IndexedDatasetWriter, dtype_for_vocab, merge_datasets
-from pipeline.errors import DataError
 
 
 def read_megatron(prefix) -> list[np.ndarray]:

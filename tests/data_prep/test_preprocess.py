@@ -14,11 +14,11 @@ import pytest
 from test_indexed_dataset import read_megatron
 from test_tokenizer_corpus import make_config, make_documents, run_stage, write_clean
 
+from core.errors import DataError
+from core.stage import TaskContext
 from data_prep import preprocess, tokenizer
 from data_prep.indexed_dataset import IndexedDataset
 from data_prep.sample_index import BlendedSampleIndex
-from pipeline.errors import DataError
-from pipeline.stage import TaskContext
 
 SETTINGS = {"tokenizer.vocab_size": 1000, "tokenizer.sample_bytes": 60_000, "preprocess.validation_fraction": 0.05}
 
@@ -112,7 +112,7 @@ KILLER = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from pathlib import Path
     from data_prep import indexed_dataset, preprocess
-    from pipeline.stage import TaskContext
+    from core.stage import TaskContext
     from test_tokenizer_corpus import make_config
     calls = []
     real = indexed_dataset.IndexedDatasetWriter.add_documents

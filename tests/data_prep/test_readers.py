@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from core.errors import DataError
 from data_prep.jsonl import JsonlWriter, read_jsonl
 from data_prep.readers import (
     Document,
@@ -25,7 +26,6 @@ from data_prep.readers import (
     read_slice,
     split_inputs,
 )
-from pipeline.errors import DataError
 
 RECORDS = [{"id": "a", "text": "first document", "url": "u1"}, {"text": "second, no id"}]
 
@@ -212,8 +212,8 @@ def test_system_errors_are_unreadable_not_corrupt():
 
 
 def test_broken_symlinks_among_inputs_are_named(tmp_path):
+    from core.errors import DataError
     from data_prep.readers import list_inputs
-    from pipeline.errors import DataError
 
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "a.jsonl").write_text('{"text": "a"}\n')

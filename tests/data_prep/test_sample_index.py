@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import DataError
 from data_prep import sample_index as si
 from data_prep.indexed_dataset import IndexedDatasetWriter, sha256_file, write_index
 from data_prep.sample_index import BlendedSampleIndex
-from pipeline.errors import DataError
 
 SEQ = 16
 

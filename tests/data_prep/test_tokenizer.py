@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from test_tokenizer_corpus import make_config, make_documents, run_stage, write_clean
 
+from core.errors import ConfigError
 from data_prep import tokenizer
 from data_prep.sampling import lines_of
-from pipeline.errors import ConfigError
 
 HARD_CASES = [
     "", " ", "   ", "\n", "\n\n\n", "\t\t", "  leading spaces", "trailing spaces   ", "a  b   c    d",

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import zstandard
 
+from core.stage import Stage, TaskContext
 from pipeline.config import RunConfig, load_config
-from pipeline.stage import Stage, TaskContext
 
 ALPHABETS = {
     "en": "etaoinshrdlucmfwypvbgkjqxz",

@@ -29,8 +29,8 @@ from slurm_jobs import (  # noqa: E402
 )
 from train_harness import losses  # noqa: E402
 
+from core.errors import LockError  # noqa: E402
 from pipeline import runner  # noqa: E402
-from pipeline.errors import LockError  # noqa: E402
 from pipeline.status import stage_status  # noqa: E402
 
 pytestmark = pytest.mark.slurm

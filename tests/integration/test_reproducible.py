@@ -22,7 +22,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
 import tiny_run  # noqa: E402
 
-from pipeline import lineage, runner  # noqa: E402
+from core import lineage  # noqa: E402
+from pipeline import runner  # noqa: E402
 from pipeline.cli import main  # noqa: E402
 from pipeline.diff import train_losses  # noqa: E402
 

@@ -14,9 +14,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipeline"))
 import toy_stages  # noqa: E402
 
-from pipeline import runner, stages  # noqa: E402
+from core.stage import Stage, Step  # noqa: E402
+from pipeline import registry, runner  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.stage import Stage, Step  # noqa: E402
 from pipeline.status import stage_status  # noqa: E402
 
 pytestmark = pytest.mark.slurm
@@ -50,12 +50,12 @@ COUNT = Stage(name="toy-count", needs=(), sections=("train",), steps=(Step("coun
 def toys(slurm_cluster, monkeypatch):
     toy_stages.register()
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # jobs cannot import tests/
-    stages.register(COUNT)
+    registry.register(COUNT)
     for key in ("TOY_EXEC_LOG", "TOY_DELAY", "TOY_FAIL_RANK"):
         monkeypatch.delenv(key, raising=False)
     yield
     for name in ("toy-parts", "toy-sum", "toy-count"):
-        stages.unregister(name)
+        registry.unregister(name)
 
 
 def slurm_cfg(run_dir, *overrides):

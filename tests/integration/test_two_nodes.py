@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.slurm
 TIMEOUT_S = 50
 
-# Rank and world size from the step, as pipeline/distributed.py takes them; the rendezvous from the batch script.
+# Rank and world size from the step, as training/distributed.py takes them; the rendezvous from the batch script.
 ALL_REDUCE = """\
 import datetime, json, os, socket, sys
 import torch

@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from pipeline.config import RunConfig, apply_override, describe, load_config
-from pipeline.errors import ConfigError
+from core.config import apply_override, describe
+from core.errors import ConfigError
+from pipeline.config import RunConfig, load_config
 
 
 def test_defaults_load_and_round_trip(tmp_path):
@@ -88,7 +89,7 @@ def test_section_hash_covers_only_its_sections():
 
 
 def test_every_key_is_documented():
-    rows = describe()
+    rows = describe(RunConfig)
     assert len(rows) > 50
     undocumented = [k for k, _, h in rows if not h and not k.startswith(("train.beta", "train.eps", "train.weight",
                                                                           "model.hidden_dropout", "model.attention",

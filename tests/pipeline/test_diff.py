@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from core import lineage
 from data_prep.synthetic import write_corpus
-from pipeline import lineage, runner
+from pipeline import runner
 from pipeline.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))

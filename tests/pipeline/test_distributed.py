@@ -1,4 +1,4 @@
-"""The training job's launch environment and process group (pipeline.distributed), and the checks
+"""The training job's launch environment and process group (training.distributed), and the checks
 made before a training job is submitted.
 
 The process-group contract on GPUs cannot run here; it is pinned with torch's CUDA checks and
@@ -18,12 +18,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pipeline import distributed, train
+from core.errors import ConfigError, StageError
+from core.stage import TaskContext
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.distributed import Launch, expand_hostlist, launch_env, port_for, tasks_on_node
-from pipeline.errors import ConfigError, StageError
-from pipeline.stage import TaskContext
+from training import distributed, pretrain
+from training.distributed import Launch, expand_hostlist, launch_env, port_for, tasks_on_node
 
 # What srun sets in task 3 of a 2-node step with 2 tasks per node (plus what sbatch sets in the job).
 SRUN_TASK = {
@@ -154,12 +154,12 @@ def test_pretrain_creates_the_group_before_data_and_deepspeed(monkeypatch, tmp_p
         gpus.calls.append(("build_data", {}))
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(train, "build_data", build_data)
+    monkeypatch.setattr(pretrain, "build_data", build_data)
     monkeypatch.setattr("deepspeed.initialize", lambda **kw: pytest.fail("DeepSpeed before the group"), raising=False)
     cfg = load_config(None, [f"run_dir={tmp_path}", "train.dist_timeout_min=7"])
     ctx = TaskContext(cfg, "pretrain", "train", 3, 4, out_dir=tmp_path / "pretrain", work_dir=tmp_path / "w")
     with pytest.raises(RuntimeError, match="stop here"):
-        train.train_step(ctx)
+        pretrain.train_step(ctx)
     names = [c[0] for c in gpus.calls]
     assert names.index("init_process_group") < names.index("build_data")
     kwargs = dict(gpus.calls)["init_process_group"]

@@ -9,10 +9,10 @@ import sys
 import pytest
 import yaml
 
+from core.errors import ConfigError
 from pipeline import slurm
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.errors import ConfigError
 
 # Each payload would create `marker` if any shell ran it.
 PAYLOADS = ["$(touch {m})", "`touch {m}`", "x; touch {m}", "x' ; touch {m} ; echo '", 'x" ; touch {m} ; echo "',

@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ModelConfig, load_config
-from pipeline.errors import ConfigError
-from pipeline.model import BloomModel
-from pipeline.model_presets import PRESETS
+from core.errors import ConfigError
+from pipeline.config import load_config
+from training.config import ModelConfig
+from training.model import BloomModel
+from training.presets import PRESETS
 
 
 def _tiny(**kw):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from checkpoints.hf_mapping import from_hf_state_dict, hf_config, to_hf_state_dict
-from pipeline.config import ModelConfig
-from pipeline.model import BloomModel
+from training.config import ModelConfig
+from training.hf_mapping import from_hf_state_dict, hf_config, to_hf_state_dict
+from training.model import BloomModel
 
 transformers = pytest.importorskip("transformers")
 
@@ -75,7 +75,7 @@ def test_mapping_round_trip_and_wrapper_prefixes():
 
 
 def test_mapping_rejects_wrong_depth():
-    from pipeline.errors import CheckpointError
+    from core.errors import CheckpointError
 
     cfg, ours, _ = _pair(2, 32, 4, 200)
     with pytest.raises(CheckpointError, match="num_layers"):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import LockError, StageError
 from pipeline import runner
 from pipeline.config import load_config
-from pipeline.errors import LockError, StageError
 from pipeline.lock import RunLock, pid_alive
 from pipeline.status import stage_status
 
@@ -263,9 +263,10 @@ def test_a_new_task_count_neither_stales_a_complete_stage_nor_reuses_markers_of_
     plans = runner.run(cfg_for(run, "clean.num_tasks=5"), ["toy-parts"], executor="inline")
     assert plans[0].action == "skip"  # same outputs whatever the split: nothing to redo
     # A half-done attempt split 3 ways is not continued 5 ways: its markers name other task ranges.
-    from pipeline import lineage
-    from pipeline.stages import get
+    from core import lineage
+    from pipeline.registry import folder_of as get_folder
+    from pipeline.registry import get
 
-    fp3 = lineage.fingerprint(cfg_for(run, "clean.num_tasks=3"), get("toy-parts"))
-    fp5 = lineage.fingerprint(cfg_for(run, "clean.num_tasks=5"), get("toy-parts"))
+    fp3 = lineage.fingerprint(cfg_for(run, "clean.num_tasks=3"), get("toy-parts"), get_folder)
+    fp5 = lineage.fingerprint(cfg_for(run, "clean.num_tasks=5"), get("toy-parts"), get_folder)
     assert fp3.config_hash == fp5.config_hash and fp3.key != fp5.key

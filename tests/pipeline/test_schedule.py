@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from core.errors import ConfigError
 from pipeline.config import load_config
-from pipeline.errors import ConfigError
-from pipeline.schedule import BatchRampup, LRSchedule
+from training.schedule import BatchRampup, LRSchedule
 
 
 def test_lr_warmup_cosine_floor():

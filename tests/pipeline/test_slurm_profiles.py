@@ -6,9 +6,9 @@ import re
 
 import pytest
 
+from core.errors import ConfigError
 from pipeline import slurm
 from pipeline.config import load_config
-from pipeline.errors import ConfigError
 
 H100 = ["cluster.profile=jean-zay-h100", "cluster.account=abc@h100"]
 A100 = ["cluster.profile=jean-zay-a100", "cluster.account=abc@a100"]

@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
 from train_harness import kill_9, launch, losses, records, start  # noqa: E402
 
 from checkpoints import manifest  # noqa: E402
-from checkpoints.checkpointer import latest_checkpoint_info, read_latest  # noqa: E402
-from pipeline.metrics import last_metrics  # noqa: E402
+from checkpoints.checkpointer import latest_checkpoint_info  # noqa: E402
+from checkpoints.layout import read_latest  # noqa: E402
+from training.metrics import last_metrics  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.data_loader import GlobalBatchLoader, validation_batches
-from pipeline.errors import DataError
-from pipeline.schedule import BatchRampup
+from core.errors import DataError
+from training.data_loader import GlobalBatchLoader, validation_batches
+from training.schedule import BatchRampup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
 from train_harness import SyntheticTokens  # noqa: E402

@@ -7,10 +7,12 @@ import json
 
 import pytest
 
-from pipeline import lineage, runner, stages
+from core import lineage
+from core.errors import DataError, StageError
+from core.lineage import check_inputs
+from core.verify import BLOCK, WHOLE, block_offsets, check_folder
+from pipeline import registry, runner
 from pipeline.config import load_config
-from pipeline.errors import DataError, StageError
-from pipeline.verify import BLOCK, WHOLE, block_offsets, check_folder, check_inputs
 
 pytestmark = pytest.mark.usefixtures("toys")
 
@@ -21,7 +23,7 @@ def published(tmp_path, files: dict[str, bytes]):
     for name, data in files.items():
         (folder / name).write_bytes(data)
     fp = lineage.Fingerprint({}, "cfg", [])
-    return folder, lineage.write_record(folder, stages.get("toy-parts"), fp, 0.0)
+    return folder, lineage.write_record(folder, registry.get("toy-parts"), fp, 0.0)
 
 
 def flip(path, offset: int) -> None:
@@ -61,7 +63,7 @@ def test_a_task_refuses_an_upstream_output_changed_after_publication(tmp_path):
                 and p.name != lineage.RESOLVED_CONFIG)
     part.write_bytes(part.read_bytes() + b"x")
     with pytest.raises(DataError, match=rf"{part.name} has .* bytes.*stage toy-parts changed after it was published"):
-        check_inputs(tmp_path / "run", ("toy-parts",))
+        check_inputs({"toy-parts": tmp_path / "run" / "toy-parts"})
     with pytest.raises(StageError, match=part.name):
         runner.run(cfg, ["toy-sum"], executor="inline")
     assert json.loads((tmp_path / "run" / "toy-parts" / lineage.RECORD).read_text())["files"]
@@ -94,7 +96,7 @@ def test_resume_warnings_reach_the_console(tmp_path, caplog):
     cfg = tiny_run.config(tmp_path / "run", tmp_path / "corpus", "train.devices_per_node=1")
     runner.run(cfg, ["pretrain"], executor="local")
     from checkpoints.checkpointer import latest_checkpoint_info
-    from checkpoints.cli import format_list
+    from pipeline.checkpoint_cli import format_list
 
     latest = tmp_path / "run" / "checkpoints" / "global_step16"
     damaged = next(p for p in sorted(latest.rglob("*.pt")))

@@ -13,8 +13,8 @@ import time
 
 import cloudpickle
 
-from pipeline import stages
-from pipeline.stage import Stage, Step, TaskContext
+from core.stage import Stage, Step, TaskContext
+from pipeline import registry
 
 
 def _note(ctx: TaskContext) -> None:
@@ -65,8 +65,8 @@ def registered():
     try:
         yield
     finally:
-        stages.unregister(PARTS.name)
-        stages.unregister(SUM.name)
+        registry.unregister(PARTS.name)
+        registry.unregister(SUM.name)
 
 
 def register() -> None:
@@ -74,5 +74,5 @@ def register() -> None:
     import sys
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    stages.register(PARTS)
-    stages.register(SUM)
+    registry.register(PARTS)
+    registry.register(SUM)

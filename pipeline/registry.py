@@ -1,19 +1,23 @@
-"""The stage registry: the pipeline's order and where each stage's code lives."""
+"""The stage registry: the pipeline's order, and where each stage's code lives.
+
+Adding a stage is one module exposing `STAGE` (its steps and the config sections it owns) and one
+line here; the run's config class, the CLI's stage choices and `graine status` all follow.
+"""
 
 from __future__ import annotations
 
 import importlib
 
-from pipeline.errors import ConfigError, StageError
-from pipeline.stage import Stage
+from core.errors import ConfigError
+from core.stage import Stage
 
-# name -> (module exposing STAGE, make target). The order is the pipeline's order.
-STAGE_MODULES: dict[str, tuple[str, str]] = {
-    "clean": ("data_prep.clean", "clean-corpus"),
-    "tokenizer": ("data_prep.tokenizer", "tokenizer"),
-    "preprocess": ("data_prep.preprocess", "preprocess"),
-    "pretrain": ("pipeline.train", "pretrain"),
-    "export": ("checkpoints.export", "export"),
+# name -> the module exposing its STAGE. The order is the pipeline's order.
+STAGE_MODULES: dict[str, str] = {
+    "clean": "data_prep.clean",
+    "tokenizer": "data_prep.tokenizer",
+    "preprocess": "data_prep.preprocess",
+    "pretrain": "training.pretrain",
+    "export": "training.export",
 }
 ORDER = list(STAGE_MODULES)
 
@@ -34,6 +38,11 @@ def registered() -> dict[str, Stage]:
     return dict(_extra)
 
 
+def builtin() -> list[Stage]:
+    """The pipeline's own stages, in order."""
+    return [importlib.import_module(module).STAGE for module in STAGE_MODULES.values()]
+
+
 def known() -> list[str]:
     return ORDER + [n for n in _extra if n not in STAGE_MODULES]
 
@@ -43,14 +52,7 @@ def get(name: str) -> Stage:
         return _extra[name]
     if name not in STAGE_MODULES:
         raise ConfigError(f"unknown stage '{name}'; valid stages: {', '.join(known())}, all")
-    module, target = STAGE_MODULES[name]
-    try:
-        return importlib.import_module(module).STAGE
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        raise StageError(f"stage '{name}' is not implemented yet ({module} does not exist); "
-                         f"`make {target}` will work once it lands") from None
+    return importlib.import_module(STAGE_MODULES[name]).STAGE
 
 
 def folder_of(name: str) -> str:
@@ -62,10 +64,7 @@ def downstream(name: str) -> list[str]:
     """Stages that read `name`, directly or not, in pipeline order."""
     out: list[str] = []
     for other in known():
-        try:
-            stage = get(other)
-        except StageError:  # not implemented yet
-            continue
+        stage = get(other)
         if name in stage.needs or any(n in out for n in stage.needs):
             out.append(other)
     return out

@@ -24,20 +24,34 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import yaml
 
 from checkpoints import manifest, safe_load
-from checkpoints.checkpointer import read_state
-from checkpoints.hf_mapping import hf_config, to_hf_state_dict
+from checkpoints.layout import read_state
+from checkpoints.safetensors_io import write_sharded
 from checkpoints.select import checkpoint_dir, latest_folder, parse_step, select_checkpoint
 from checkpoints.universal import optimizer_files
-from pipeline.config import ExportConfig, ModelConfig, RunConfig, build
-from pipeline.errors import CheckpointError
-from pipeline.stage import Stage, Step, TaskContext
+from core.config import RunConfigBase as RunConfig
+from core.config import build, param
+from core.errors import CheckpointError
+from core.stage import Stage, Step, TaskContext
+from training.config import ModelConfig
+from training.hf_mapping import hf_config, to_hf_state_dict
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    step: str = param("latest", help="checkpoint step to export (a number), or 'latest' (the newest valid one)")
+    dtype: Literal["fp32", "bf16", "fp16"] = param("fp32", help="dtype of the exported weights (cast from the "
+                                                   "fp32 master weights)")
+    max_shard_gb: float = param(2.0, gt=0.0, help="largest safetensors file; a bigger model is sharded with a "
+                                "model.safetensors.index.json")
+
 
 log = logging.getLogger("graine.export")
 
@@ -50,37 +64,6 @@ RECORD = "graine_export.json"
 
 
 # ------------------------------------------------------------------------------- sharded safetensors
-def write_sharded(names: list[str], nbytes: Callable[[str], int], load: Callable[[str], torch.Tensor],
-                  folder: Path, stem: str, max_bytes: int, metadata: dict | None = None) -> list[str]:
-    """Write tensors as `<stem>.safetensors`, or as numbered shards of at most `max_bytes` each plus a
-    `<stem>.safetensors.index.json` (Hugging Face's layout). Tensors are loaded one shard at a time.
-    Returns the files written."""
-    from safetensors.torch import save_file
-
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name in names:
-        if shards[-1] and size + nbytes(name) > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes(name)
-    files = ([f"{stem}.safetensors"] if len(shards) == 1 else
-             [f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-    weight_map = {}
-    for file, shard in zip(files, shards):
-        tensors = {name: load(name).contiguous() for name in shard}
-        save_file(tensors, str(folder / file), metadata={"format": "pt", **(metadata or {})})
-        os.chmod(folder / file, 0o644)  # safetensors creates 0600 files; a release is meant to be read
-        weight_map.update(dict.fromkeys(shard, file))
-        del tensors
-    if len(files) > 1:
-        index = {"metadata": {"total_size": sum(nbytes(n) for n in names)}, "weight_map": weight_map}
-        (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
-        files.append(f"{stem}.safetensors.index.json")
-    return files
-
-
 # ---------------------------------------------------------------------------------------- weights
 def saved_model_config(folder: Path) -> ModelConfig:
     """The model section of the config the checkpoint was saved with."""
@@ -236,4 +219,5 @@ STAGE = Stage(
     description="a checkpoint as Hugging Face BloomForCausalLM safetensors with its tokenizer",
     summary=summary,
     external_inputs=checkpoint_manifest,
+    config={"export": ExportConfig},
 )

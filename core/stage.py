@@ -1,6 +1,6 @@
 """What a stage is: named steps of independent tasks that write into a staging folder, published at once.
 
-A stage's code lives in the package that owns the work (`data_prep/`, `pipeline/train.py`, ...); it
+A stage's code lives in the package that owns the work (`data_prep/`, `training/pretrain.py`, ...); it
 exposes a module-level `STAGE`. Each `Step` runs as `num_tasks(cfg)` independent tasks (a Slurm array
 on a cluster); a task is `run(ctx)` and must only write its own files. Steps run in order; once the
 last step's tasks are all complete the staging folder is published as `<run_dir>/<stage.name>/`.
@@ -9,12 +9,12 @@ last step's tasks are all complete the staging folder is published as `<run_dir>
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipeline.config import RunConfig
+from core.config import RunConfigBase as RunConfig
 
 
 def one_task(cfg: RunConfig) -> int:
@@ -39,9 +39,14 @@ class Step:
 class Stage:
     name: str
     needs: tuple[str, ...]
-    sections: tuple[str, ...]  # config sections the stage reads: its config hash covers these
+    sections: tuple[str, ...]  # config sections (and top-level keys) it reads: its config hash covers these
     steps: tuple[Step, ...]
-    description: str = ""
+    description: str = ""  # one line, listed by `graine --help`
+    # The config sections this stage owns: {section name: kw_only dataclass}; the run's config class is
+    # assembled from them (pipeline/config.py). A section is owned by one stage and read by any.
+    config: Mapping[str, type] = field(default_factory=dict)
+    # Checks across the stage's sections, run when the config is loaded (before anything runs).
+    validate: Callable[[RunConfig], None] | None = None
     # False for stages that write in place and resume themselves (pretraining writes checkpoints/).
     publish: bool = True
     # Short human summary of a published output folder, for `graine status` and the end of a run.
@@ -71,6 +76,8 @@ class TaskContext:
     out_dir: Path  # the staging folder, published as <run_dir>/<stage>; write final outputs here
     work_dir: Path  # scratch shared by the stage's tasks; deleted after publication
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("graine"))
+    # Where each upstream stage publishes, when not under its own name ({"preprocess": "shards"}).
+    folders: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -78,6 +85,4 @@ class TaskContext:
 
     def input_dir(self, stage: str) -> Path:
         """The published output of an upstream stage."""
-        from pipeline.stages import folder_of
-
-        return self.run_dir / folder_of(stage)
+        return self.run_dir / self.folders.get(stage, stage)

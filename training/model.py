@@ -11,7 +11,7 @@ What makes it BLOOM rather than GPT-2:
 
 Module and parameter names are those of transformers' `BloomModel` (`word_embeddings`, `h.N.self_attention.
 query_key_value`, ...), and the fused QKV weight keeps BLOOM's per-head interleaving [q_h, k_h, v_h], so
-exporting to `BloomForCausalLM` is a rename (checkpoints/hf_mapping.py).
+exporting to `BloomForCausalLM` is a rename (training/hf_mapping.py).
 
 Fused ops (attention, LayerNorm, bias-GeLU, cross-entropy) come from kernels/ through kernels.dispatch,
 chosen by `model.kernels` / `model.attention`.
@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from core.errors import ConfigError
 from kernels.bias_gelu import bias_gelu
 from kernels.cross_entropy import linear_cross_entropy
 from kernels.dispatch import KernelChoice, KernelUnavailable, attention_function, select_kernels
 from kernels.layer_norm import make_layer_norm
-from pipeline.config import ModelConfig
-from pipeline.errors import ConfigError
+from training.config import ModelConfig
 
 
 def padded_vocab_size(cfg: ModelConfig, tokenizer_vocab_size: int) -> int:

@@ -34,14 +34,16 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from checkpoints.checkpointer import Checkpointer, read_latest
-from pipeline.data_loader import GlobalBatchLoader, SampleIndex, validation_batches
-from pipeline.engine import build_engine, set_lr
-from pipeline.errors import StageError
-from pipeline.metrics import MetricsLogger, Throughput, device_name, memory_gb, peak_tflops
-from pipeline.schedule import BatchRampup, LRSchedule
-from pipeline.stage import TaskContext
-from pipeline.task import STOP_SIGNALS, early_stop_signal, write_atomic
+from checkpoints.checkpointer import Checkpointer
+from checkpoints.layout import read_latest
+from core.errors import StageError
+from core.fs import write_atomic
+from core.signals import STOP_SIGNALS, early_stop_signal
+from core.stage import TaskContext
+from training.data_loader import GlobalBatchLoader, SampleIndex, validation_batches
+from training.engine import build_engine, set_lr
+from training.metrics import MetricsLogger, Throughput, device_name, memory_gb, peak_tflops
+from training.schedule import BatchRampup, LRSchedule
 
 log = logging.getLogger("graine.train")
 

@@ -15,8 +15,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from pipeline.errors import DataError
-from pipeline.schedule import BatchRampup
+from core.errors import DataError
+from training.schedule import BatchRampup
 
 log = logging.getLogger("graine.data")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.errors import CheckpointError
-from pipeline.model import padded_vocab_size
+from core.errors import CheckpointError
+from training.config import ModelConfig
+from training.model import padded_vocab_size
 
 # Wrappers that prefix parameter names: DeepSpeed's engine (`module.`) and torch.compile (`_orig_mod.`).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")

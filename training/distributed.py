@@ -27,7 +27,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from pipeline.errors import ConfigError, StageError
+from core.errors import ConfigError, StageError
 
 log = logging.getLogger("graine.distributed")
 

@@ -1,9 +1,9 @@
 """Stage `pretrain`: parse -> build (data, model, engine) -> train -> close. The work lives in
-pipeline.trainer (loop), pipeline.engine (DeepSpeed), pipeline.data_loader, pipeline.schedule,
-pipeline.metrics and checkpoints/ (save, publish, resume).
+training.trainer (loop), training.engine (DeepSpeed), training.data_loader, training.schedule,
+training.metrics and checkpoints/ (save, publish, resume).
 
 Runs as one process per device; every process calls `train_step(ctx)`, which returns "done",
-"preempted", "time_budget" or "stopped" (see pipeline.trainer). Re-running the same command on an
+"preempted", "time_budget" or "stopped" (see training.trainer). Re-running the same command on an
 existing run directory resumes from the latest valid checkpoint.
 """
 
@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
-from pipeline import lineage
-from pipeline.config import RunConfig
-from pipeline.distributed import init_process_group, launch_env, rank_zero_first
-from pipeline.engine import ensure_cpu_accelerator
-from pipeline.stage import Stage, Step, TaskContext
-from pipeline.trainer import TrainData, Trainer
-from pipeline.verify import check_inputs
+from core import lineage
+from core.config import RunConfigBase as RunConfig
+from core.lineage import check_inputs
+from core.stage import Stage, Step, TaskContext
+from training.config import CheckpointConfig, ModelConfig, TrainConfig, validate
+from training.distributed import init_process_group, launch_env, rank_zero_first
+from training.engine import ensure_cpu_accelerator
+from training.trainer import TrainData, Trainer
 
 
 def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
@@ -37,7 +38,7 @@ def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
     # publishes the cached indexes; the other ranks then map them read-only. A failure reaches every rank.
     with rank_zero_first("checking the inputs and building the sample index"):
         if ctx.rank == 0:
-            check_inputs(ctx.run_dir, ("preprocess", "tokenizer"), full=cfg.verify_inputs == "full")
+            check_inputs({n: ctx.input_dir(n) for n in ("preprocess", "tokenizer")}, full=cfg.verify_inputs == "full")
         train = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="train", num_samples=needed,
                                    tokenizer_dir=tokenizer)
         try:
@@ -52,7 +53,7 @@ def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
 
 
 def build_model(cfg: RunConfig, vocab_size: int) -> torch.nn.Module:
-    from pipeline.model import BloomModel
+    from training.model import BloomModel
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     return BloomModel(cfg.model, vocab_size)
@@ -73,7 +74,7 @@ def train_step(ctx: TaskContext) -> str:
 def summary(out_dir: Path) -> str:
     """The finished run's result, or, while it trains or waits to resume, its last checkpoint and metrics."""
     from checkpoints.checkpointer import latest_checkpoint_info
-    from pipeline.metrics import last_metrics
+    from training.metrics import last_metrics
 
     info = latest_checkpoint_info(out_dir.parent) or {}
     try:
@@ -102,8 +103,8 @@ def summary(out_dir: Path) -> str:
 def check(cfg: RunConfig, world_size: int, gpus: bool) -> None:
     """What would fail the job at start-up, for a job of `world_size` ranks with or without GPUs;
     the runner calls it before anything is submitted (ConfigError names the key and the fix)."""
-    from pipeline.engine import check_devices
-    from pipeline.schedule import BatchRampup
+    from training.engine import check_devices
+    from training.schedule import BatchRampup
 
     BatchRampup.from_config(cfg.train).check_divisible(cfg.train.micro_batch_size, world_size)
     check_devices(cfg.train, gpus)
@@ -118,4 +119,6 @@ STAGE = Stage(
     publish=False,
     summary=summary,
     check=check,
+    config={"model": ModelConfig, "train": TrainConfig, "checkpoint": CheckpointConfig},
+    validate=validate,
 )

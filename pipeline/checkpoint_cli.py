@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 from checkpoints import manifest
-from checkpoints.checkpointer import STATE, TMP_PREFIX, read_latest
+from checkpoints.layout import STATE, TMP_PREFIX, read_latest
 from checkpoints.retention import is_release, published_steps
 from checkpoints.select import checkpoint_dir, parse_step, select_checkpoint
 from checkpoints.universal import check_universal, universal_of
+from core.errors import ConfigError
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError
 
 DUMPS = "dumps"
 

@@ -8,35 +8,28 @@ stages use the output hash as their input hash, so a change anywhere upstream is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import socket
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from pipeline.config import RunConfig
-from pipeline.stage import Stage
-from pipeline.stages import folder_of
-from pipeline.verify import sample_hashes
+from core.config import RunConfigBase as RunConfig
+from core.errors import DataError
+from core.hashing import digest, sha256_file
+from core.stage import Stage
+from core.verify import check_folder, sample_hashes
 
 RECORD = "_COMPLETE.json"
 RESOLVED_CONFIG = "config.yaml"
 # Files beside the outputs that describe them rather than being them.
 NOT_OUTPUTS = {RECORD, RESOLVED_CONFIG}
 PACKAGES = ("graine", "torch", "deepspeed", "sentencepiece", "submitit", "transformers", "numpy")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest(folder: Path) -> dict[str, dict]:
@@ -48,10 +41,6 @@ def manifest(folder: Path) -> dict[str, dict]:
             continue
         out[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     return out
-
-
-def digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class RawHashCache:
@@ -110,7 +99,8 @@ class Fingerprint:
         return digest({"inputs": self.inputs, "config": self.config_hash, "shape": self.shape})
 
 
-def fingerprint(cfg: RunConfig, stage: Stage) -> Fingerprint:
+def fingerprint(cfg: RunConfig, stage: Stage, folder_of: Callable[[str], str]) -> Fingerprint:
+    """What `stage` would depend on now; `folder_of(name)` is where an upstream stage publishes."""
     run_dir = Path(cfg.run_dir)
     inputs, missing = {}, []
     for name in stage.needs:
@@ -163,3 +153,18 @@ def stale_reason(record: dict, fp: Fingerprint, sections: tuple[str, ...]) -> st
     if record.get("config_hash") != fp.config_hash:
         return f"config section(s) {', '.join(sections)} changed since it ran"
     return None
+
+
+def check_inputs(folders: Mapping[str, Path], full: bool = False) -> None:
+    """Refuse to start on an upstream output ({stage: published folder}) that changed after it was
+    published, naming the file."""
+    for name, folder in folders.items():
+        record = read_record(folder)
+        if record is None:
+            continue  # a missing upstream is the runner's to report (it is refused before submission)
+        problems = check_folder(folder, record, full=full)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise DataError(f"{problems[0]}{more}: the output of stage {name} changed after it was published; "
+                            f"restore it, or redo it with `graine run {name} --force` (`graine verify {name}` "
+                            "lists every difference)")

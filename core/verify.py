@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pipeline.errors import DataError
-
 BLOCK = 1 << 16
 SAMPLES = 16
 WHOLE = BLOCK * SAMPLES  # files up to this size are hashed whole by the cheap check
@@ -44,7 +42,7 @@ def sample_hashes(path: Path) -> dict[str, str]:
 
 def check_folder(folder: Path, record: dict, full: bool = False) -> list[str]:
     """The problems of a published folder against its record (empty when it matches)."""
-    from pipeline.lineage import sha256_file
+    from core.hashing import sha256_file
 
     problems = []
     samples = record.get("samples") or {}
@@ -66,21 +64,3 @@ def check_folder(folder: Path, record: dict, full: bool = False) -> list[str]:
             if bad:
                 problems.append(f"{path} differs from its record in the block at byte {bad[0]}")
     return problems
-
-
-def check_inputs(run_dir: Path, needs: tuple[str, ...], full: bool = False) -> None:
-    """Refuse to start on an upstream output that changed after it was published, naming the file."""
-    from pipeline.lineage import read_record
-    from pipeline.stages import folder_of
-
-    for name in needs:
-        folder = Path(run_dir) / folder_of(name)
-        record = read_record(folder)
-        if record is None:
-            continue  # a missing upstream is the runner's to report (it is refused before submission)
-        problems = check_folder(folder, record, full=full)
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise DataError(f"{problems[0]}{more}: the output of stage {name} changed after it was published; "
-                            f"restore it, or redo it with `graine run {name} --force` (`graine verify {name}` "
-                            "lists every difference)")

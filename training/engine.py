@@ -1,7 +1,7 @@
 """The DeepSpeed engine: ZeRO stage, precision, clipping, accumulation, AdamW and its parameter groups.
 
 The LR is not handed to DeepSpeed as a scheduler: the trainer sets it on the optimizer's groups before
-every step from the tokens consumed (pipeline.schedule), so resuming needs no scheduler state and a
+every step from the tokens consumed (training.schedule), so resuming needs no scheduler state and a
 skipped step cannot advance it by accident.
 """
 
@@ -12,8 +12,8 @@ import os
 
 import torch
 
-from pipeline.config import TrainConfig
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
+from training.config import TrainConfig
 
 log = logging.getLogger("graine.engine")
 

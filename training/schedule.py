@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pipeline.config import TrainConfig
-from pipeline.errors import ConfigError
+from core.errors import ConfigError
+from training.config import TrainConfig
 
 
 @dataclass(frozen=True)
