@@ -3,7 +3,7 @@
 Layout under `<run_dir>/checkpoints/`:
     global_step<N>/          DeepSpeed's files (model, ZeRO optimizer partitions), plus
         graine_state.json    step, consumed samples/tokens, sample-index fingerprint, LR state, lineage,
-                             loss and throughput at save time
+                             loss and throughput at save time (read back by checkpoints.layout.read_state)
         config.yaml          the resolved run config
         rng/rank<R>.pt       each rank's python/numpy/torch/cuda RNG states, written by that rank (tensors,
                              lists and numbers only: read back with weights_only=True)
@@ -21,11 +21,12 @@ it is checked against an allow-list of globals, and graine reads its own files w
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,21 +37,36 @@ from checkpoints import manifest, safe_load
 from checkpoints.layout import (
     CONFIG,
     LATEST,
-    STATE,
     TMP_PREFIX,
+    CheckpointState,
     read_latest,
     read_state,
     tag_of,
     write_latest,
+    write_state,
 )
 from checkpoints.retention import prune, published_steps
 from core.errors import CheckpointError
 
 log = logging.getLogger("graine.checkpoints")
 
-# Test hook: "RANK:PHASE[:STEP]" makes that rank fail the save (of that step) at that phase
-# (prepare, rng, deepspeed, metadata, hash, publish) with a disk-full error.
-FAIL_HOOK = "GRAINE_TEST_SAVE_FAIL"
+SAVE_PHASES = ("space", "prepare", "rng", "deepspeed", "metadata", "hash", "publish")
+
+
+def _no_phase_hook(phase: str, step: int) -> None:
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaveHooks:
+    """Seams of a save for tests; the default does nothing.
+
+    before_phase(phase, step) runs on each rank before that rank's part of each phase of SAVE_PHASES;
+    an exception it raises fails the phase on this rank, as a full disk would (the other ranks learn it
+    when the phase's outcome is agreed).
+    """
+
+    before_phase: Callable[[str, int], None] = _no_phase_hook
 
 
 # ------------------------------------------------------------------------------ collective helpers
@@ -79,13 +95,6 @@ def broadcast(obj):
     return box[0]
 
 
-def _maybe_fail(phase: str, tag: str) -> None:
-    hook = os.environ.get(FAIL_HOOK, "")
-    here = f"{_world()[0]}:{phase}"
-    if hook and hook in (here, f"{here}:{tag.removeprefix('global_step')}"):
-        raise OSError(28, f"No space left on device (test hook {FAIL_HOOK}={hook})")
-
-
 # ------------------------------------------------------------------------------------- RNG states
 def rng_state() -> dict:
     """This process's RNG states as tensors, lists and numbers: loadable with weights_only=True."""
@@ -110,43 +119,55 @@ def set_rng_state(state: dict) -> None:
 class Checkpointer:
     """Saves and loads checkpoints of one run; every method is called on every rank."""
 
-    def __init__(self, ckpt_dir: Path, keep_last: int = 2, keep_every: int = 0):
+    def __init__(self, ckpt_dir: Path, keep_last: int = 2, keep_every: int = 0, interval: int = 0,
+                 hooks: SaveHooks = SaveHooks()):
         self.dir = Path(ckpt_dir)
-        self.keep_last, self.keep_every = keep_last, keep_every
+        self.keep_last, self.keep_every, self.interval = keep_last, keep_every, interval
+        self.hooks = hooks
         self.rank, self.world = _world()
+        self.last_saved: int | None = None  # the step saved or resumed from last, by this process
+
+    def should_save(self, step: int) -> bool:
+        """Whether the step just trained is one of the periodic checkpoints (every `interval` steps)."""
+        return self.interval > 0 and step % self.interval == 0
 
     # ------------------------------------------------------------------------------------ save
     def save(self, engine, step: int, state: dict, config_yaml: str) -> Path:
-        """Write, publish and point `latest` at the checkpoint of `step`; returns its folder."""
+        """Write, publish and point `latest` at the checkpoint of `step`; returns its folder.
+
+        `state` is graine_state.json's content; the save adds `world_size` and `saved_at`."""
         tag = tag_of(step)
         tmp = self.dir / f"{TMP_PREFIX}{tag}"
-        self._phase("space", lambda: self._check_space(engine), tag)
-        self._phase("prepare", lambda: self._prepare(tmp), tag)
-        self._phase("rng", lambda: self._write_rng(tmp), tag)
-        self._phase("deepspeed", lambda: engine.save_checkpoint(str(self.dir), tag=tmp.name, save_latest=False), tag)
+        self._phase("space", lambda: self._check_space(engine), step)
+        self._phase("prepare", lambda: self._prepare(tmp), step)
+        self._phase("rng", lambda: self._write_rng(tmp), step)
+        self._phase("deepspeed", lambda: engine.save_checkpoint(str(self.dir), tag=tmp.name, save_latest=False), step)
         if self.rank == 0:
-            self._phase("metadata", lambda: self._write_metadata(tmp, state, config_yaml), tag)
+            self._phase("metadata", lambda: self._write_metadata(tmp, state, config_yaml), step)
         else:
-            self._phase("metadata", lambda: None, tag)
+            self._phase("metadata", lambda: None, step)
         files = broadcast(manifest.list_files(tmp) if self.rank == 0 else None)
         shares: list = []
-        self._phase("hash", lambda: shares.append(manifest.hash_share(tmp, files, self.rank, self.world, fsync=True)), tag)
+        self._phase("hash", lambda: shares.append(manifest.hash_share(tmp, files, self.rank, self.world, fsync=True)),
+                    step)
         entries = self._gather_shares(shares[0])
         final = self.dir / tag
-        self._phase("publish", lambda: self._publish(tmp, final, entries) if self.rank == 0 else None, tag)
+        self._phase("publish", lambda: self._publish(tmp, final, entries) if self.rank == 0 else None, step)
         if self.rank == 0:
             prune(self.dir, self.keep_last, self.keep_every, protect={step})
         if self.world > 1:
             dist.barrier()
+        self.last_saved = step
         log.info("saved checkpoint %s (%d files, %.1f MB)", final, len(entries),
                  sum(e["size"] for e in entries.values()) / 1e6)
         return final
 
-    def _phase(self, name: str, fn, tag: str) -> None:
+    def _phase(self, name: str, fn, step: int) -> None:
         """Run one phase on this rank, then agree: a failure on any rank fails it on all of them."""
+        tag = tag_of(step)
         error = None
         try:
-            _maybe_fail(name, tag)
+            self.hooks.before_phase(name, step)
             fn()
         except Exception as exc:  # noqa: BLE001 (reported on every rank below)
             error = f"{type(exc).__name__}: {exc}"
@@ -190,7 +211,7 @@ class Checkpointer:
         torch.save(rng_state(), tmp / "rng" / f"rank{self.rank:05d}.pt")
 
     def _write_metadata(self, tmp: Path, state: dict, config_yaml: str) -> None:
-        (tmp / STATE).write_text(json.dumps({**state, "world_size": self.world}, indent=1, sort_keys=True))
+        write_state(tmp, {"saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **state, "world_size": self.world})
         (tmp / CONFIG).write_text(config_yaml)
 
     def _gather_shares(self, share: dict) -> dict:
@@ -266,13 +287,14 @@ class Checkpointer:
         if problems:
             raise safe_load.UnsafeCheckpointError(safe_load.refusal_of(folder, problems))
 
-    def load(self, engine) -> dict | None:
+    def load(self, engine) -> CheckpointState | None:
         """Restore engine, optimizer and this rank's RNG from the newest valid checkpoint.
 
         Every pickle DeepSpeed will load is checked first (check_safe), and graine's own RNG file is read with
         weights_only=True: a checkpoint whose files could run code is refused, naming the file and global.
 
-        Returns graine's saved state (with `path`), or None when there is nothing to resume from.
+        Returns graine's saved state (whose `raw` the training components load), or None when there is
+        nothing to resume from.
         """
         folder = self.find_valid()
         if folder is None:
@@ -284,13 +306,14 @@ class Checkpointer:
         if loaded is None:
             raise CheckpointError(f"DeepSpeed could not load {folder}; see the messages above")
         state = read_state(folder)
-        saved_world = int(state.get("world_size", self.world))
+        saved_world = state.world_size or self.world
         rng_file = folder / "rng" / f"rank{self.rank % saved_world:05d}.pt"
         if saved_world != self.world and self.rank == 0:
             log.warning("%s was saved by %d ranks and resumes on %d: RNG streams are reused, "
                         "so dropout masks will differ from an uninterrupted run", folder, saved_world, self.world)
         set_rng_state(safe_load.load(rng_file))
-        return {**state, "path": str(folder)}
+        self.last_saved = state.step
+        return state
 
 
 # ----------------------------------------------------------------------- helpers for graine status
@@ -306,10 +329,9 @@ def latest_checkpoint_info(run_dir: str | Path) -> dict | None:
         if manifest.verify(folder, full=False) is not None:  # no manifest, or a file missing or resized
             continue
         try:
-            state = json.loads((folder / STATE).read_text())
-        except (OSError, ValueError):
+            state = read_state(folder)
+        except CheckpointError:
             continue
-        return {"step": state.get("step"), "tokens": state.get("consumed_tokens"),
-                "samples": state.get("consumed_samples"), "loss": state.get("loss"),
-                "path": str(folder), "time": state.get("saved_at")}
+        return {"step": state.step, "tokens": state.consumed_tokens, "samples": state.consumed_samples,
+                "loss": state.loss, "path": str(folder), "time": state.saved_at}
     return None

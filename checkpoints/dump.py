@@ -145,10 +145,10 @@ def _write_states(source: Path, zero: Path, out: Path, max_bytes: int) -> dict:
     adam_step = _adam_step(zero / names[0] / "step.pt", common)
     state = read_state(source)
     return {
-        "step": state["step"], "consumed_samples": state.get("consumed_samples"),
-        "consumed_tokens": state.get("consumed_tokens"), "loss": state.get("loss"),
+        "step": state.step, "consumed_samples": state.consumed_samples,
+        "consumed_tokens": state.consumed_tokens, "loss": state.loss,
         "source": str(source), "source_manifest_sha256": manifest_sha256(source),
-        "saved_world_size": state.get("world_size"), "zero_stage": common.get("zero_stage"),
+        "saved_world_size": state.world_size, "zero_stage": common.get("zero_stage"),
         "optimizer": {"type": "AdamW", "adam_step": adam_step,
                       "param_groups": param_groups},
         "parameters": {n: {"shape": list(shapes[n]), "dtype": "float32",

@@ -1,4 +1,4 @@
-"""Checkpoint manifests: every file of a checkpoint with its size and sha256, and durable writes.
+"""Checkpoint manifests: every file of a checkpoint with its size and sha256, written durably (core.fs).
 
 A checkpoint folder counts only if its `manifest.json` lists every file and each file still has the
 recorded size and checksum. Hashing is split across ranks (file i is hashed by rank i % world_size) so
@@ -8,26 +8,14 @@ the cost of a multi-terabyte checkpoint is shared; the results are gathered by r
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
+# checkpoints.checkpointer calls fsync_dir through this module (manifest.fsync_dir).
+from core.fs import fsync_dir, fsync_file, write_atomic
 from core.hashing import sha256_file
 
 MANIFEST = "manifest.json"
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in `path` durable (the directory itself must be synced)."""
-    fsync_file(path)
 
 
 def list_files(folder: Path) -> list[str]:
@@ -47,19 +35,8 @@ def hash_share(folder: Path, files: list[str], rank: int, world_size: int, fsync
     return out
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temporary name, fsync, rename over `path`, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def write_manifest(folder: Path, entries: dict) -> None:
-    write_json_atomic(folder / MANIFEST, {"version": 1, "files": entries})
+    write_atomic(folder / MANIFEST, json.dumps({"version": 1, "files": entries}, indent=1, sort_keys=True))
 
 
 def read_manifest(folder: Path) -> tuple[dict | None, str | None]:

@@ -53,10 +53,8 @@ def manifest_sha256(folder: Path) -> str:
 
 
 def saved_world_size(folder: Path) -> int | None:
-    try:
-        return int(read_state(folder)["world_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """The number of ranks that saved the checkpoint `folder` (None if it does not say)."""
+    return read_state(folder).world_size
 
 
 def check_universal(universal: Path, source: Path, full: bool = False) -> str | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from core.config import RunConfigBase as RunConfig
 from core.errors import DataError
+from core.fs import write_atomic
 from core.hashing import digest, sha256_file
 from core.stage import Stage
 from core.verify import check_folder, sample_hashes
@@ -61,10 +62,7 @@ class RawHashCache:
         return self.cache[key]
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.cache))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.cache))
 
 
 def read_record(folder: Path) -> dict | None:
@@ -136,9 +134,7 @@ def write_record(folder: Path, stage: Stage, fp: Fingerprint, started: float, ex
         "argv": sys.argv,
         **(extra or {}),
     }
-    tmp = folder / f".{RECORD}.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, folder / RECORD)
+    write_atomic(folder / RECORD, json.dumps(record, indent=1))
     return record
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from core.hashing import sha256_file
+
 BLOCK = 1 << 16
 SAMPLES = 16
 WHOLE = BLOCK * SAMPLES  # files up to this size are hashed whole by the cheap check
@@ -42,8 +44,6 @@ def sample_hashes(path: Path) -> dict[str, str]:
 
 def check_folder(folder: Path, record: dict, full: bool = False) -> list[str]:
     """The problems of a published folder against its record (empty when it matches)."""
-    from core.hashing import sha256_file
-
     problems = []
     samples = record.get("samples") or {}
     for rel, entry in sorted((record.get("files") or {}).items()):

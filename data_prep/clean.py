@@ -6,18 +6,22 @@ byte-identical whatever `clean.num_tasks` and whichever task processed what (the
 
 Steps (each task writes only its own files, each under a temporary name renamed when complete):
   filter   N tasks  task r reads the r-th contiguous, size-balanced run of the inputs in key order (big
-                    uncompressed jsonl files cut into byte ranges); normalise, identify the language, filter,
-                    redact PII; kept documents (in key order), their keys, text sizes, exact hashes, MinHash
-                    signatures and LSH band hashes go to work_dir/filter/<rank>/, excluded ones and rejects
-                    beside. Concatenated in rank order, the tasks' outputs are the corpus in key order.
+                    uncompressed jsonl files cut into byte ranges); batches of documents go through the
+                    document steps (data_prep/clean_steps.py): normalise, drop empty text, judge code,
+                    remove boilerplate, identify the language, keep clean.languages, the quality checks of
+                    clean.quality_checks in their order (data_prep/quality/), redact PII; kept documents (in
+                    key order), their keys, text sizes, exact hashes, MinHash signatures and LSH band hashes
+                    go to work_dir/filter/<rank>/, excluded ones, rejects and the steps' counts beside.
+                    Concatenated in rank order, the tasks' outputs are the corpus in key order.
   dedup    N tasks  task r owns the hashes with hash % N == r: exact groups and verified LSH pairs -> edges.
   clusters 1 task   join the edges; keep the smallest key (first in input order) of each cluster; cut the
                     kept documents, the duplicates and the excluded documents, each in key order, into
                     files by cumulative text size (`PART_BYTES`): the layout, which depends only on the data.
   write    N tasks  task r writes the r-th contiguous run of the layout's files: clean/part-<k>.jsonl.zst,
                     excluded/duplicates-<k>.jsonl.zst and excluded/filtered-<k>.jsonl.zst.
-  stats    1 task   merge per-task counts into clean/stats.json, clean/summary.txt and clean/rejects.jsonl;
-                    fails (nothing published) when no document is kept, with the drop reasons.
+  stats    1 task   merge per-task counts into clean/stats.json, clean/summary.txt and clean/rejects.jsonl,
+                    log them with the document steps' counts; fails (nothing published) when no document
+                    is kept, with the drop reasons.
 
 Per-run facts (task counts, jobs, hosts, times) are in the completion record, never in the outputs.
 An input that cannot be read to its end (truncated .gz/.zst, corrupt parquet) fails its filter task,
@@ -27,11 +31,9 @@ language-id model's labels when a filter task starts and by the stage's `check`.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -43,8 +45,21 @@ from tqdm import tqdm
 from core.config import RunConfigBase as RunConfig
 from core.config import param
 from core.errors import DataError
+from core.fs import write_atomic
 from core.stage import Stage, Step, TaskContext, one_task
 from data_prep import clean_stats as report
+from data_prep.clean_steps import (
+    CheckCode,
+    DocumentStep,
+    Draft,
+    DropEmpty,
+    IdentifyLanguage,
+    Normalize,
+    RedactPii,
+    RemoveBoilerplate,
+    RunQualityCheck,
+    SelectLanguages,
+)
 from data_prep.dedup import (
     EXACT,
     DedupConfig,
@@ -55,19 +70,21 @@ from data_prep.dedup import (
     resolve_clusters,
     verify,
 )
-from data_prep.filters import (
-    CodeFilter,
-    QualityFilter,
-    check_overrides,
-    code_params,
-    params_for,
-    remove_boilerplate,
-)
-from data_prep.jsonl import ZSTD_LEVEL, JsonlWriter, dumps, read_jsonl, write_json, write_npy
+from data_prep.filters import CodeFilter, code_params
+from data_prep.jsonl import JsonlWriter, LineWriter, dumps, read_jsonl, write_json, write_npy
 from data_prep.langid import LanguageIdentifier, check_languages
 from data_prep.minhash import MinHasher, band_hashes, is_cjk
 from data_prep.normalize import NormalizeConfig, Normalizer
 from data_prep.pii import PiiRedactor
+from data_prep.quality import (
+    CHECKS,
+    DEFAULT_CHECKS,
+    Params,
+    QualityFilter,
+    check_overrides,
+    check_quality_checks,
+    params_for,
+)
 from data_prep.readers import (
     BROKEN_FILE_REASONS,
     Document,
@@ -95,7 +112,10 @@ class CleanConfig:
     code_extensions: list[str] = param(default_factory=lambda: [".py", ".js", ".java", ".c", ".cpp", ".go", ".rs", ".sh"], help="file extensions routed to the code path")
     code_field: str = param("", help="record field whose value, when present, names the programming language")
     normalize: NormalizeConfig = param(default_factory=NormalizeConfig)
-    filters: dict[str, dict[str, float]] = param(default_factory=dict, help="per-language overrides of the quality-filter table, e.g. {fr: {min_words: 20}}")
+    quality_checks: list[str] = param(default_factory=lambda: list(DEFAULT_CHECKS), help="the quality checks "
+                                      "run on prose documents, in this order (one module each in data_prep/quality/); "
+                                      "the first that fails names the drop reason")
+    filters: dict[str, dict[str, float]] = param(default_factory=dict, help="per-language overrides of the quality checks' parameters, e.g. {fr: {min_words: 20}}")
     pii: bool = param(True, help="redact emails, IP addresses, phone numbers and secrets")
     dedup: DedupConfig = param(default_factory=DedupConfig)
     compression: Literal["zst", "gz"] = param("zst", help="compression of the clean/ shards")
@@ -103,10 +123,14 @@ class CleanConfig:
                                                       ".gz/.zst, corrupt parquet): error = fail the stage naming it; skip = keep "
                                                       "the records read before the error, list the file in rejects.jsonl, go on")
 
+    def __post_init__(self) -> None:
+        check_quality_checks(self.quality_checks)
+        check_overrides(self.filters)
+
 
 REASON_NAMES = {EXACT: "exact_duplicate", 1: "near_duplicate"}
 MINHASH_SEED = 1  # fixed: signatures are comparable across runs and configs
-BATCH_DOCS = 512  # documents cleaned phase by phase (DocumentCleaner.batch); input order is kept
+BATCH_DOCS = 512  # documents cleaned step by step (DocumentCleaner.batch); input order is kept
 # Published files are cut from the key-ordered documents every PART_BYTES of text (UTF-8): a document
 # whose text starts at cumulative offset o goes to piece o // PART_BYTES (empty pieces are skipped).
 # A constant, not a setting: the cut must not depend on anything but the data.
@@ -123,6 +147,7 @@ def input_files(cfg: RunConfig) -> list[Path]:
 
 def check(cfg: RunConfig, world_size: int = 1, gpus: bool = False) -> None:
     """The clean config's checks that need the code of this stage (the language-id model): ConfigError."""
+    check_quality_checks(cfg.clean.quality_checks)  # again: a config may be edited after it is built
     check_overrides(cfg.clean.filters)
     check_languages(cfg.clean.languages)
 
@@ -133,60 +158,66 @@ def _task_dir(ctx: TaskContext, step: str, rank: int) -> Path:
 
 # ------------------------------------------------------------------------------------ documents
 class DocumentCleaner:
-    """One document in, (output record or None, language, drop reason) out; counts go to `stats`."""
+    """Batches of documents through the document steps built from the config: per document (output
+    record, language, drop reason). Counts go to `stats`; each step's, per language, to `step_counts`."""
 
     def __init__(self, cfg: CleanConfig, stats: dict):
+        check_quality_checks(cfg.quality_checks)
         check_overrides(cfg.filters)
         check_languages(cfg.languages)
         self.cfg, self.stats = cfg, stats
         self.normalize = Normalizer(cfg.normalize)
         self.langid = LanguageIdentifier(cfg.langid_chars)
         self.pii = PiiRedactor()
-        self.code_filter = CodeFilter(code_params(cfg.filters))
-        self.quality: dict[str, QualityFilter] = {}
         self.keep = set(cfg.languages)
+        self.params_by_lang: dict[str, Params] = {}
+        self.steps = self._steps()
+        self.step_counts: dict[str, dict] = {}
+
+    def _steps(self) -> list[DocumentStep]:
+        cfg = self.cfg
+        steps = [Normalize(self.normalize), DropEmpty(), CheckCode(CodeFilter(code_params(cfg.filters)))]
+        if cfg.boilerplate:
+            steps.append(RemoveBoilerplate(self.stats))
+        steps.append(IdentifyLanguage(self.langid))
+        if self.keep:
+            steps.append(SelectLanguages(self.keep, cfg.keep_other))
+        steps += [RunQualityCheck(CHECKS[name], self.params) for name in cfg.quality_checks]
+        if cfg.pii:
+            steps.append(RedactPii(self.pii))
+        return steps
+
+    def params(self, lang: str) -> Params:
+        """The quality checks' parameters for `lang` (the table, then clean.filters)."""
+        if lang not in self.params_by_lang:
+            self.params_by_lang[lang] = params_for(lang, self.cfg.filters, self.cfg.min_lang_score)
+        return self.params_by_lang[lang]
 
     def _quality(self, lang: str) -> QualityFilter:
-        if lang not in self.quality:
-            params = params_for(lang, self.cfg.filters, self.cfg.min_lang_score)
-            self.quality[lang] = QualityFilter(lang, params)
-        return self.quality[lang]
+        """The configured checks for one language, one document at a time (tests/benchmarks/bench_clean.py
+        times them through it)."""
+        return QualityFilter(lang, self.params(lang), self.cfg.quality_checks)
 
     def __call__(self, doc: Document) -> tuple[dict, str, str]:
         return self.batch([doc])[0]
 
     def batch(self, docs: list[Document]) -> list[tuple[dict, str, str]]:
-        """Each phase runs over the whole batch before the next one starts: the language-id model and
-        the filters stay in the CPU caches (measured ~25% faster than one document at a time)."""
-        texts = [self.normalize(d.text, code=bool(d.code_lang)) for d in docs]
-        langs, scores, reasons = ["und"] * len(docs), [0.0] * len(docs), [""] * len(docs)
-        prose = []
-        for i, (doc, text) in enumerate(zip(docs, texts)):
-            if not text.strip():
-                reasons[i] = "empty_text"
-            elif doc.code_lang:
-                langs[i], reasons[i] = "code", self.code_filter(text)[1]
-            else:
-                prose.append(i)
-                if self.cfg.boilerplate:
-                    texts[i], removed = remove_boilerplate(text)
-                    self.stats["boilerplate_lines"] += removed
-        for i in prose:
-            langs[i], scores[i] = self.langid(texts[i])
-        for i in prose:
-            langs[i], reasons[i] = self._judge(texts[i], langs[i], scores[i])
-        if self.cfg.pii:
-            texts = [self.pii(t) for t in texts]
-        return [(self._record(d, t, lang, score), lang, reason)
-                for d, t, lang, score, reason in zip(docs, texts, langs, scores, reasons)]
-
-    def _judge(self, text: str, lang: str, score: float) -> tuple[str, str]:
-        """(language as recorded, drop reason or "") of a prose document."""
-        if self.keep and lang not in self.keep:
-            if not self.cfg.keep_other:
-                return lang, "language_not_kept"
-            lang = "other"
-        return lang, self._quality(lang)(text, score)[1]
+        """Each step runs over the whole batch before the next one starts: the language-id model and
+        the checks stay in the CPU caches (measured ~25% faster than one document at a time)."""
+        drafts = [Draft(doc, doc.text) for doc in docs]
+        changes: list[tuple[Draft, str, bool, int]] = []  # (document, step, dropped, characters)
+        for step in self.steps:
+            todo = [d for d in drafts if step.takes(d)]
+            before = [d.text for d in todo]
+            for d, reason, text in zip(todo, step(todo) if todo else [], before):
+                if reason and not d.reason:
+                    d.reason = reason
+                    changes.append((d, step.name, True, len(text)))
+                elif d.text is not text and d.text != text:
+                    changes.append((d, step.name, False, len(text) - len(d.text)))
+        for d, name, dropped, chars in changes:  # under the language finally recorded, as stats.json counts
+            report.count_step(self.step_counts, name, d.lang, dropped, chars)
+        return [(self._record(d.doc, d.text, d.lang, d.lang_score), d.lang, d.reason) for d in drafts]
 
     @staticmethod
     def _record(doc: Document, text: str, lang: str, score: float) -> dict:
@@ -280,6 +311,7 @@ def run_filter(ctx: TaskContext) -> None:
     stats["normalize"].update(cleaner.normalize.counts)
     stats["pii"].update(cleaner.pii.counts)
     write_json(out / "stats.json", stats)
+    write_json(out / "steps.json", {"order": [step.name for step in cleaner.steps], "counts": cleaner.step_counts})
     ctx.log.info("clean/filter %d: %d files or ranges, kept %d, excluded %d, rejected %d", ctx.rank, len(slices),
                  kept.count, excluded.count, rejects.count)
 
@@ -435,52 +467,6 @@ class RowReader:
             self.fh = None
 
 
-class LineWriter:
-    """jsonl lines (bytes) to `path` (.zst, .gz or plain), compressed as data_prep.jsonl's writer does
-    (single-threaded zstd at a fixed level, gzip without timestamp); the file appears on close."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.raw = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()
-        if self.path.name.endswith(".zst"):
-            self.stream = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=0).stream_writer(self.raw, closefd=False)
-        elif self.path.name.endswith(".gz"):
-            self.stream = gzip.GzipFile(filename="", mode="wb", fileobj=self.raw, mtime=0)
-        else:
-            self.stream = self.raw
-        self.buffer: list[bytes] = []
-        self.buffered = self.count = 0
-
-    def write(self, line: bytes) -> None:
-        self.buffer.append(line)
-        self.buffered += len(line)
-        self.count += 1
-        if self.buffered >= 1 << 20:
-            self._flush()
-
-    def _flush(self) -> None:
-        self.stream.write(b"".join(self.buffer))
-        self.buffer, self.buffered = [], 0
-
-    def __enter__(self) -> LineWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.raw.close()
-            self.tmp.unlink(missing_ok=True)
-            return
-        self._flush()
-        if self.stream is not self.raw:
-            self.stream.close()
-        self.raw.flush()
-        os.fsync(self.raw.fileno())
-        self.raw.close()
-        os.replace(self.tmp, self.path)
-
-
 # ------------------------------------------------------------------------------------------ write
 def run_write(ctx: TaskContext) -> None:
     """The r-th contiguous run of the layout's files; kept and excluded lines are copied as they are."""
@@ -538,8 +524,11 @@ def run_stats(ctx: TaskContext) -> None:
         for record in sorted(rejects, key=lambda r: (r["file"], r["line"], r["reason"])):
             out.write(record)
     write_json(ctx.out_dir / "stats.json", stats)
-    (ctx.out_dir / "summary.txt").write_text(report.render(stats) + "\n", encoding="utf-8")
-    ctx.log.info("clean summary\n%s", report.render(stats, n))
+    write_atomic(ctx.out_dir / "summary.txt", report.render(stats) + "\n")
+    steps = [json.loads((d / "steps.json").read_text()) for d in dirs]
+    # Not in stats.json (its bytes are those from before the steps): in the log, after the summary.
+    ctx.log.info("clean summary\n%s\n%s", report.render(stats, n),
+                 report.render_steps(report.merge([t["counts"] for t in steps]), steps[0]["order"]))
     if stats["totals"]["docs_out"] == 0:  # the tokenizer would fail next, with a message about its sample
         raise DataError(report.nothing_kept(stats))
 

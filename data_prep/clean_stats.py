@@ -2,6 +2,8 @@
 
 Invariant (checked by the tests): for every language, docs_in = docs_out + sum(dropped); and every
 record that could not be read is in `rejected` (by reason), never in a language's docs_in.
+The document steps' own counts (`count_step`: what each step dropped or cut, per language) are kept
+beside, in each filter task's steps.json, and logged at the end of the stage (`render_steps`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ def count_doc(stats: dict, lang: str, raw_text: str, text: str, reason: str) -> 
     else:
         entry["docs_out"] += 1
         entry["bytes_out"] += len(text.encode("utf-8"))
+
+
+def count_step(steps: dict, step: str, lang: str, dropped: bool, chars: int) -> None:
+    """A document that `step` dropped (`chars`: its characters) or whose text it changed (`chars`: the
+    characters it cut, negative when it lengthened the text, as a PII tag longer than the value may),
+    under the document's language as finally recorded."""
+    entry = steps.setdefault(step, {}).setdefault(lang, {})
+    docs, size = ("dropped", "dropped_chars") if dropped else ("edited", "cut_chars")
+    entry[docs] = entry.get(docs, 0) + 1
+    entry[size] = entry.get(size, 0) + chars
 
 
 def count_duplicate(stats: dict, lang: str, text: str, reason: str) -> None:
@@ -93,6 +105,19 @@ def render(stats: dict, num_tasks: int | None = None) -> str:
                      + " (see rejects.jsonl)")
     if stats["pii"]:
         lines.append("PII redacted: " + ", ".join(f"{k} {n}" for k, n in sorted(stats["pii"].items())))
+    return "\n".join(lines)
+
+
+def render_steps(steps: dict, order: list[str]) -> str:
+    """The document steps' counts, one row a step in the order they ran, with the languages it dropped most."""
+    lines = [f"{'document step':<22}{'dropped':>9}{'chars':>12}{'edited':>9}{'chars cut':>12}  top languages dropped"]
+    for name in order:
+        by_lang = steps.get(name, {})
+        total = merge(list(by_lang.values()))
+        top = sorted(((lang, e["dropped"]) for lang, e in by_lang.items() if e.get("dropped")), key=lambda kv: (-kv[1], kv[0]))
+        lines.append((f"{name:<22}{total.get('dropped', 0):>9,}{total.get('dropped_chars', 0):>12,}"
+                      f"{total.get('edited', 0):>9,}{total.get('cut_chars', 0):>12,}  "
+                      + ", ".join(f"{lang} {n}" for lang, n in top[:3])).rstrip())
     return "\n".join(lines)
 
 

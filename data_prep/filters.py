@@ -1,16 +1,17 @@
-"""Quality filters with per-language parameters (BigScience/ROOTS style) and line-level boilerplate removal.
+"""Text measures of the quality checks (BigScience/ROOTS style), their per-language table, the code
+filter and line-level boilerplate removal.
 
-Every check returns `(keep, reason)`; the first failing check names the drop reason counted in
-stats.json. Ratios follow the BigScience filtering definitions: character repetition is the share of
-character n-gram occurrences taken by the sqrt(#distinct) most frequent n-grams; word repetition is
-the share of word n-gram occurrences whose n-gram occurs more than once. Scripts without spaces (zh,
-ja) are split into characters; their word bounds count characters and their stopword and flagged-word
-ratios count characters covered by listed words. `clean.filters.<lang>.<param>` overrides the table.
+The checks themselves are data_prep/quality/, one module each. Ratios follow the BigScience filtering
+definitions: character repetition is the share of character n-gram occurrences taken by the
+sqrt(#distinct) most frequent n-grams; word repetition is the share of word n-gram occurrences whose
+n-gram occurs more than once. Scripts without spaces (zh, ja) are split into characters; their word
+bounds count characters and their stopword and flagged-word ratios count characters covered by listed
+words. `LANGUAGE_PARAMS` sets the checks' parameters per language; `clean.filters.<lang>.<param>`
+overrides it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import re
@@ -20,7 +21,6 @@ from importlib import resources
 
 import numpy as np
 
-from core.errors import ConfigError
 from data_prep.minhash import code_points, rolling_hashes
 
 CJK_LANGS = frozenset({"zh", "ja", "yue", "wuu"})
@@ -42,20 +42,6 @@ _CJK_WORD = re.compile(f"[{_CJK}]|[^\\s{_P}{_CJK}](?:[^\\s{_CJK}]*[^\\s{_P}{_CJK
 
 
 @dataclass(frozen=True)
-class FilterParams:
-    min_words: float = 20  # words (characters for zh/ja) after boilerplate removal
-    max_words: float = 100_000
-    char_rep_n: float = 10
-    max_char_rep: float = 0.2
-    word_rep_n: float = 5
-    max_word_rep: float = 0.3
-    max_special: float = 0.25
-    min_stopwords: float = 0.15
-    max_flagged: float = 0.03
-    min_lang_score: float = 0.6
-
-
-@dataclass(frozen=True)
 class CodeParams:
     min_chars: float = 50
     max_bytes: float = 1_000_000
@@ -64,7 +50,8 @@ class CodeParams:
     min_alnum: float = 0.25  # share of letters and digits among all characters
 
 
-# Tighter stopword cut-offs where the embedded lists are long enough to make the ratio meaningful;
+# Per-language values of the quality checks' parameters (their defaults are in data_prep/quality/):
+# tighter stopword cut-offs where the embedded lists are long enough to make the ratio meaningful;
 # zh/ja count characters, so their word bounds are larger; Arabic clitics (و, ال) hide stopwords.
 LANGUAGE_PARAMS: dict[str, dict[str, float]] = {
     "en": {"min_stopwords": 0.2, "min_lang_score": 0.7},
@@ -96,25 +83,6 @@ def stopwords(lang: str) -> frozenset[str]:
 
 def flagged_words(lang: str) -> frozenset[str]:
     return _word_list("flagged_words.json").get(lang, frozenset())
-
-
-def params_for(lang: str, overrides: dict[str, dict[str, float]], default_min_lang_score: float) -> FilterParams:
-    """The table row of `lang` (or the defaults), then `clean.filters.default`, then `clean.filters.<lang>`."""
-    values = {"min_lang_score": default_min_lang_score, **LANGUAGE_PARAMS.get(lang, {})}
-    values.update(overrides.get("default", {}))
-    values.update(overrides.get(lang, {}))
-    return FilterParams(**values)
-
-
-def check_overrides(overrides: dict[str, dict[str, float]]) -> None:
-    """Reject unknown parameter names in `clean.filters` before any task starts."""
-    text_names = [f.name for f in dataclasses.fields(FilterParams)]
-    code_names = [f.name for f in dataclasses.fields(CodeParams)]
-    for lang, values in overrides.items():
-        valid = code_names if lang == "code" else text_names
-        for name in values:
-            if name not in valid:
-                raise ConfigError(f"unknown key 'clean.filters.{lang}.{name}'; valid keys: {', '.join(valid)}")
 
 
 # ------------------------------------------------------------------------------------------- words
@@ -159,37 +127,7 @@ def list_ratio(words: list[str], text: str, listed: frozenset[str], lang: str) -
     return sum(map(listed.__contains__, words)) / max(len(words), 1)
 
 
-# ----------------------------------------------------------------------------------------- filters
-class QualityFilter:
-    """All document-level checks for one language, cheapest first."""
-
-    def __init__(self, lang: str, params: FilterParams):
-        self.lang, self.p = lang, params
-        self.stopwords, self.flagged = stopwords(lang), flagged_words(lang)
-
-    def __call__(self, text: str, lang_score: float) -> tuple[bool, str]:
-        p, lang = self.p, self.lang
-        if lang_score < p.min_lang_score:
-            return False, "low_lang_score"
-        words = split_words(text, lang)
-        n_words = sum(map(len, words)) if lang in CJK_LANGS else len(words)
-        if n_words < p.min_words:
-            return False, "too_few_words"
-        if n_words > p.max_words:
-            return False, "too_many_words"
-        if special_ratio(text) > p.max_special:
-            return False, "special_characters"
-        if word_repetition_ratio(words, int(p.word_rep_n)) > p.max_word_rep:
-            return False, "word_repetition"
-        if char_repetition_ratio(text, int(p.char_rep_n)) > p.max_char_rep:
-            return False, "char_repetition"
-        if self.stopwords and list_ratio(words, text, self.stopwords, lang) < p.min_stopwords:
-            return False, "too_few_stopwords"
-        if self.flagged and list_ratio(words, text, self.flagged, lang) > p.max_flagged:
-            return False, "flagged_words"
-        return True, ""
-
-
+# -------------------------------------------------------------------------------------------- code
 class CodeFilter:
     """Checks for source files: size, minified or generated content, share of alphanumerics."""
 

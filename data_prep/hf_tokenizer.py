@@ -24,6 +24,7 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 
 from core.errors import DataError
+from core.fs import write_atomic
 
 Piece = sp_pb2.ModelProto.SentencePiece
 SPECIAL_TYPES = (Piece.CONTROL, Piece.UNKNOWN)
@@ -120,8 +121,6 @@ def write_hf_files(model_path: Path, out_dir: Path, model_max_length: int = 1_00
              "special_tokens_map.json": json.dumps(specials, indent=2)}
     written = []
     for name, text in files.items():
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(out_dir / name)
+        write_atomic(out_dir / name, text + "\n")
         written.append(out_dir / name)
     return written

@@ -5,21 +5,22 @@
 + 1: document indices are the boundaries 0..N, one sequence per document), then int32 sequence
 lengths, int64 byte offsets of the sequences in `.bin`, int64 document indices.
 
-Writers stage both files under hidden temporary names and rename `.bin` then `.idx`, so a dataset is
-visible only once whole; readers check the `.idx` against itself and against the `.bin` size, raising
-`DataError` that names the file and what to re-run.
+Writers stage both files under hidden temporary names (core.fs) and rename `.bin` then `.idx`, so a
+dataset is visible only once whole; readers check the `.idx` against itself and against the `.bin`
+size, raising `DataError` that names the file and what to re-run.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import DataError
+from core.fs import atomic_open
 from core.hashing import sha256_file
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -35,10 +36,6 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size < 65500 else np.int32)
 
 
-def tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
 def write_index(path: Path, sizes: np.ndarray, dtype: np.dtype) -> None:
     """Write `.idx` for sequences of `sizes` tokens (one document each), atomically."""
     dtype = np.dtype(dtype)
@@ -46,14 +43,12 @@ def write_index(path: Path, sizes: np.ndarray, dtype: np.dtype) -> None:
     pointers = np.zeros(len(sizes), dtype=np.int64)
     np.cumsum(sizes[:-1], dtype=np.int64, out=pointers[1:])
     pointers *= dtype.itemsize
-    tmp = tmp_path(path)
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         f.write(MAGIC + struct.pack("<Q", VERSION) + struct.pack("<B", CODES[dtype]))
         f.write(struct.pack("<Q", len(sizes)) + struct.pack("<Q", len(sizes) + 1))
         f.write(sizes.tobytes())
         f.write(pointers.tobytes())
         f.write(np.arange(len(sizes) + 1, dtype=np.int64).tobytes())
-    os.replace(tmp, path)
 
 
 class IndexedDatasetWriter:
@@ -61,8 +56,9 @@ class IndexedDatasetWriter:
 
     def __init__(self, prefix: Path, dtype: np.dtype):
         self.prefix, self.dtype = Path(prefix), np.dtype(dtype)
-        self.prefix.parent.mkdir(parents=True, exist_ok=True)
-        self._bin = open(tmp_path(self.bin_path), "wb")
+        # `.bin` stays open across calls: atomic_open is entered here and left in finalize().
+        self._file = ExitStack()
+        self._bin = self._file.enter_context(atomic_open(self.bin_path, "wb"))
         self._sizes: list[int] = []
 
     @property
@@ -85,13 +81,8 @@ class IndexedDatasetWriter:
             self._sizes.extend(len(d) for d in docs)
 
     def finalize(self) -> None:
-        self._bin.close()
-        os.replace(tmp_path(self.bin_path), self.bin_path)
+        self._file.close()  # fsync `.bin`, rename it into place, fsync the folder
         write_index(self.idx_path, np.array(self._sizes, dtype=np.int32), self.dtype)
-
-    def abort(self) -> None:
-        self._bin.close()
-        tmp_path(self.bin_path).unlink(missing_ok=True)
 
 
 def read_index(path: Path) -> tuple[np.dtype, np.ndarray, np.ndarray, np.ndarray]:
@@ -166,11 +157,10 @@ def merge_datasets(parts: list[Path], prefix: Path) -> dict:
     dtypes = {d.dtype for d in datasets}
     if len(dtypes) > 1:
         raise DataError(f"parts of {prefix} have different dtypes {dtypes}; {FIX}")
-    with open(tmp_path(bin_path), "wb") as out:
+    with atomic_open(bin_path, "wb") as out:
         for d in datasets:
             with open(d.bin_path, "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 22)
-    os.replace(tmp_path(bin_path), bin_path)
     sizes = np.concatenate([d.sizes for d in datasets]) if datasets else np.zeros(0, np.int32)
     write_index(idx_path, sizes, dtypes.pop() if dtypes else np.uint16)
     return {"documents": int(len(sizes)), "tokens": int(sizes.sum(dtype=np.int64)),

@@ -1,8 +1,8 @@
 """Atomic, deterministic writers (jsonl.zst / jsonl.gz / json / npy) and the matching jsonl reader.
 
-Every file is written under `<name>.tmp` and renamed once complete, so a killed task never leaves a
-file that looks finished. Output bytes depend only on the records: zstd runs single-threaded at a
-fixed level and gzip headers carry no timestamp or file name.
+Every file is written through `core.fs` (a hidden temporary name, fsynced, renamed once complete),
+so a killed task never leaves a file that looks finished. Output bytes depend only on the records:
+zstd runs single-threaded at a fixed level and gzip headers carry no timestamp or file name.
 """
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zstandard
+
+from core.fs import atomic_open
+from core.fs import write_json as write_json  # data_prep.clean imports it from here
 
 ZSTD_LEVEL = 3
 
@@ -25,18 +28,17 @@ def dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
-
-
-class JsonlWriter:
-    """Write records to `path` (.jsonl, .jsonl.zst or .jsonl.gz); the file appears only on `close()`."""
+class CompressedWriter:
+    """A file at `path` (.zst, .gz or plain) written through one compressed stream (`self._stream`)
+    that appears only when the writer closes without an error. Subclasses write to the stream; the
+    chunks they hand it decide the compressed bytes, so each keeps its own."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.count = 0
-        self._raw = open(_tmp(self.path), "wb")  # noqa: SIM115 - closed in close()
+        # The file stays open across calls: atomic_open is entered here and left in close() or __exit__.
+        self._file = ExitStack()
+        self._raw = self._file.enter_context(atomic_open(self.path, "wb"))
         if self.path.name.endswith(".zst"):
             cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=0)
             self._stream = cctx.stream_writer(self._raw, closefd=False)
@@ -44,6 +46,31 @@ class JsonlWriter:
             self._stream = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0)
         else:
             self._stream = self._raw
+
+    def _finish(self) -> None:
+        """Hand the stream what the subclass still holds."""
+
+    def close(self) -> None:
+        self._finish()
+        if self._stream is not self._raw:
+            self._stream.close()
+        self._file.close()  # fsync, rename over self.path, fsync the folder
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # left by an error, atomic_open removes the partial file
+            self._file.__exit__(exc_type, exc, tb)
+
+
+class JsonlWriter(CompressedWriter):
+    """Records to `path` (.jsonl, .jsonl.zst or .jsonl.gz), one compact JSON object per line."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
         self._text = io.TextIOWrapper(self._stream, encoding="utf-8", newline="\n", write_through=False)
 
     def write(self, record: dict[str, Any]) -> None:
@@ -51,28 +78,29 @@ class JsonlWriter:
         self._text.write("\n")
         self.count += 1
 
-    def close(self) -> None:
+    def _finish(self) -> None:
         self._text.flush()
         self._text.detach()
-        if self._stream is not self._raw:
-            self._stream.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(_tmp(self.path), self.path)
 
-    def abort(self) -> None:
-        self._raw.close()
-        _tmp(self.path).unlink(missing_ok=True)
 
-    def __enter__(self) -> JsonlWriter:
-        return self
+class LineWriter(CompressedWriter):
+    """Lines already encoded (bytes, each ending in a newline), handed to the stream 1 MiB at a time."""
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+
+    def write(self, line: bytes) -> None:
+        self._buffer.append(line)
+        self._buffered += len(line)
+        self.count += 1
+        if self._buffered >= 1 << 20:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._stream.write(b"".join(self._buffer))
+        self._buffer, self._buffered = [], 0
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
@@ -97,26 +125,6 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             yield from (json.loads(line) for line in fh)
 
 
-def write_json(path: Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_npy(path: Path, array: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    with open(tmp, "wb") as fh:
+    with atomic_open(path, "wb") as fh:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-    os.replace(tmp, path)

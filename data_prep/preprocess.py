@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from core.config import param
 from core.errors import DataError
+from core.fs import write_json
 from core.stage import Stage, Step, TaskContext
 from data_prep.indexed_dataset import IndexedDatasetWriter as Writer
 from data_prep.indexed_dataset import dtype_for_vocab, merge_datasets
@@ -48,12 +49,6 @@ SPLITS = ("train", "valid")
 BATCH_DOCS = 512  # documents per SentencePiece batch call: amortises the call, bounds memory
 
 
-def write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def dataset_name(lang: str, source: str | None) -> str:
     """A file-safe dataset name: `code:python` → `code_python`, with source `en__web`."""
     def safe(s: str) -> str:
@@ -66,14 +61,15 @@ def count_step(ctx: TaskContext) -> None:
     shards = list_shards(ctx.input_dir("clean"))
     counts = [{"name": p.name, "lines": count_lines(p)}
               for p in tqdm(shards, desc="preprocess: counting documents", unit="shard")]
-    write_json(ctx.work_dir / "documents.json", {"shards": counts, "total": sum(c["lines"] for c in counts)})
+    total = sum(c["lines"] for c in counts)
+    write_json(ctx.work_dir / "documents.json", {"shards": counts, "total": total}, indent=2)
 
 
 def task_slice(rank: int, world: int, total: int) -> tuple[int, int]:
     return rank * total // world, (rank + 1) * total // world
 
 
-def read_slice(clean: Path, counts: dict, start: int, stop: int):
+def read_document_range(clean: Path, counts: dict, start: int, stop: int):
     """Documents of global lines [start, stop), opening only the shards that overlap."""
     first = 0
     for shard in counts["shards"]:
@@ -142,7 +138,7 @@ def tokenize_step(ctx: TaskContext) -> None:
     writers = PartWriters(staging, dtype_for_vocab(info.vocab_size))
     threads = job_cpus()
     batch = []
-    docs = read_slice(ctx.input_dir("clean"), counts, start, stop)
+    docs = read_document_range(ctx.input_dir("clean"), counts, start, stop)
     for doc in tqdm(docs, desc=f"preprocess: task {ctx.rank}", total=stop - start, unit="doc", mininterval=10):
         batch.append(doc)
         if len(batch) == BATCH_DOCS:
@@ -151,8 +147,9 @@ def tokenize_step(ctx: TaskContext) -> None:
     if batch:
         encode_batch(sp, batch, writers, ctx.cfg, info.eod_id, threads)
     writers.finalize()
-    write_json(staging / "manifest.json", {"rank": ctx.rank, "world_size": ctx.world_size, "start": start,
-                                           "stop": stop, "tokenizer_hash": info.hash, "datasets": writers.meta})
+    manifest = {"rank": ctx.rank, "world_size": ctx.world_size, "start": start, "stop": stop,
+                "tokenizer_hash": info.hash, "datasets": writers.meta}
+    write_json(staging / "manifest.json", manifest, indent=2)
     # A task's parts appear all at once: the rename is the task's commit point.
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
@@ -221,7 +218,7 @@ def merge_step(ctx: TaskContext) -> None:
                                     "rule": "valid when unit_hash(seed, 'valid', id) < validation_fraction"},
         "totals": {s: {k: sum(d.get(s, {}).get(k, 0) for d in datasets.values()) for k in ("documents", "tokens")}
                    for s in SPLITS},
-        "datasets": datasets})
+        "datasets": datasets}, indent=2)
 
 
 def summary(out: Path) -> str:

@@ -39,8 +39,6 @@ PARQUET_SUFFIXES = (".parquet",)
 CODE_LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".java": "java", ".c": "c",
                   ".h": "c", ".cpp": "cpp", ".cc": "cpp", ".go": "go", ".rs": "rust", ".sh": "shell",
                   ".rb": "ruby", ".php": "php", ".scala": "scala", ".lua": "lua", ".jl": "julia"}
-REJECT_REASONS = ("bad_json", "invalid_utf8", "invalid_unicode", "missing_text", "non_string_text", "not_an_object",
-                  "empty_file", "corrupt_file", "unreadable_file", "unsupported_format")
 # File-level rejects after which records of the file may be missing: clean.on_corrupt_file decides.
 BROKEN_FILE_REASONS = ("corrupt_file", "unreadable_file")
 # What decoding a damaged file raises: truncated gzip (EOFError), bad gzip data (zlib.error,

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import DataError
+from core.fs import atomic_open, write_atomic
 from data_prep.indexed_dataset import IndexedDataset
 
 log = logging.getLogger("graine.sample_index")
@@ -197,11 +198,9 @@ class BlendedSampleIndex:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         for name, array in arrays.items():
-            with open(tmp / f"{name}.npy", "wb") as f:
+            with atomic_open(tmp / f"{name}.npy", "wb") as f:
                 np.save(f, array, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-        (tmp / COMPLETE).write_text(json.dumps(sorted(arrays)))
+        write_atomic(tmp / COMPLETE, json.dumps(sorted(arrays)))
         try:
             os.rename(tmp, path)
         except OSError:

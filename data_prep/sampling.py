@@ -12,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from data_prep.shards import Document
+from core.fs import atomic_open
+from data_prep.shards import CleanDocument
 
 log = logging.getLogger("graine.sampling")
 
@@ -58,7 +58,7 @@ def unit_hash(*parts: str | int) -> float:
     return int.from_bytes(h.digest(), "little") / 2.0**64
 
 
-def is_heldout(doc: Document, seed: int, fraction: float) -> bool:
+def is_heldout(doc: CleanDocument, seed: int, fraction: float) -> bool:
     return fraction > 0 and unit_hash(seed, "heldout", doc.id) < fraction
 
 
@@ -74,7 +74,7 @@ class SampleResult:
     heldout_path: Path
 
 
-def count_bytes(docs: Iterable[Document], seed: int, heldout_fraction: float) -> dict[str, int]:
+def count_bytes(docs: Iterable[CleanDocument], seed: int, heldout_fraction: float) -> dict[str, int]:
     """Pass 1: line bytes per language, held-out documents excluded."""
     sizes: dict[str, int] = {}
     for doc in tqdm(docs, desc="tokenizer sample: counting", unit="doc", mininterval=5):
@@ -85,7 +85,7 @@ def count_bytes(docs: Iterable[Document], seed: int, heldout_fraction: float) ->
     return sizes
 
 
-def collect(docs: Iterable[Document], thresholds: dict[str, float], seed: int, heldout_fraction: float):
+def collect(docs: Iterable[CleanDocument], thresholds: dict[str, float], seed: int, heldout_fraction: float):
     """Pass 2: candidate lines under each language's key threshold, deduplicated; held-out documents."""
     candidates: dict[str, tuple[float, str, str]] = {}  # digest -> (key, lang, line); first occurrence wins
     heldout: dict[str, list[str]] = {}
@@ -121,11 +121,10 @@ def select(candidates, budgets: dict[str, int]) -> list[tuple[float, str, str]]:
     return sorted(chosen)
 
 
-def write_atomic(path: Path, writer: Callable) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n", errors="surrogatepass") as f:
-        writer(f)
-    os.replace(tmp, path)
+def write_lines(path: Path, lines: Iterable[str]) -> None:
+    """Write `lines` as they are (no newline added) to `path`, durably; lone surrogates are kept, not refused."""
+    with atomic_open(path, "w", newline="\n", errors="surrogatepass") as f:
+        f.writelines(lines)
 
 
 def fill_budgets(read_docs, sizes: dict[str, int], targets: dict[str, float], total: int, seed: int,
@@ -159,7 +158,7 @@ def fill_budgets(read_docs, sizes: dict[str, int], targets: dict[str, float], to
     return candidates, heldout, budgets
 
 
-def build_sample(read_docs: Callable[[], Iterable[Document]], out: Path, *, alpha: float, sample_bytes: int,
+def build_sample(read_docs: Callable[[], Iterable[CleanDocument]], out: Path, *, alpha: float, sample_bytes: int,
                  seed: int, heldout_fraction: float, check_memory: Callable[[int], None] | None = None
                  ) -> SampleResult:
     """Write `out/sample.txt` (one line a sentence), `out/heldout.jsonl` and `out/shares.json`."""
@@ -184,10 +183,10 @@ def build_sample(read_docs: Callable[[], Iterable[Document]], out: Path, *, alph
                       "capped": budgets.get(k, 0) < round(targets.get(k, 0.0) * total) - 1}
                   for k in sorted(sizes)}}
     sample_path, heldout_path = out / "sample.txt", out / "heldout.jsonl"
-    write_atomic(sample_path, lambda f: f.writelines(line + "\n" for _, _, line in chosen))
-    write_atomic(heldout_path, lambda f: f.writelines(
-        json.dumps({"lang": k, "text": t}, ensure_ascii=False) + "\n" for k in sorted(heldout) for t in heldout[k]))
-    write_atomic(out / "shares.json", lambda f: json.dump(shares, f, indent=2, ensure_ascii=False))
+    write_lines(sample_path, (line + "\n" for _, _, line in chosen))
+    write_lines(heldout_path, (json.dumps({"lang": k, "text": t}, ensure_ascii=False) + "\n"
+                               for k in sorted(heldout) for t in heldout[k]))
+    write_lines(out / "shares.json", [json.dumps(shares, indent=2, ensure_ascii=False)])
     for k, v in shares["languages"].items():
         log.info("sample %-14s target %5.1f%%  got %5.1f%%  (%d bytes%s)", k, 100 * v["target_share"],
                  100 * v["share"], v["bytes"], ", capped: too few unique lines" if v["capped"] else "")

@@ -25,7 +25,9 @@ SUFFIXES = (".jsonl.zst", ".jsonl.gz", ".jsonl")
 
 
 @dataclass
-class Document:
+class CleanDocument:
+    """One line of a clean shard (data_prep.readers.Document is a raw input's record, before cleaning)."""
+
     index: int  # position in the global document order (counts skipped lines too, so it is stable)
     id: str
     text: str
@@ -64,7 +66,7 @@ def count_lines(path: Path) -> int:
         return sum(1 for _ in f)
 
 
-def parse_line(line: str, path: Path, lineno: int, index: int) -> Document | None:
+def parse_line(line: str, path: Path, lineno: int, index: int) -> CleanDocument | None:
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -73,11 +75,11 @@ def parse_line(line: str, path: Path, lineno: int, index: int) -> Document | Non
     if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
         log.warning("%s:%d: skipped, not an object with a string 'text'", path, lineno)
         return None
-    return Document(index=index, id=str(rec.get("id", f"{path.name}:{lineno}")), text=rec["text"],
+    return CleanDocument(index=index, id=str(rec.get("id", f"{path.name}:{lineno}")), text=rec["text"],
                     lang=str(rec.get("lang") or "und"), source=str(rec.get("source") or ""), record=rec)
 
 
-def read_shard(path: Path, first_index: int = 0, start: int = 0, stop: int | None = None) -> Iterator[Document]:
+def read_shard(path: Path, first_index: int = 0, start: int = 0, stop: int | None = None) -> Iterator[CleanDocument]:
     """Documents of lines [start, stop) of one shard; `first_index` is the global index of its line 0."""
     with open_text(path) as f:
         for lineno, line in enumerate(f):
@@ -90,7 +92,7 @@ def read_shard(path: Path, first_index: int = 0, start: int = 0, stop: int | Non
                 yield doc
 
 
-def read_documents(clean_dir: Path) -> Iterator[Document]:
+def read_documents(clean_dir: Path) -> Iterator[CleanDocument]:
     """Every document of clean/, in the global order (indices count every line, as `count_lines` does)."""
     first = 0
     for path in list_shards(clean_dir):

@@ -27,6 +27,7 @@ import sentencepiece as spm
 
 from core.config import param
 from core.errors import ConfigError, DataError
+from core.fs import write_atomic, write_json
 from core.stage import Stage, Step, TaskContext
 from data_prep.hf_tokenizer import load_proto, write_hf_files
 from data_prep.sampling import build_sample
@@ -160,8 +161,8 @@ def write_reproducible(trained: Path, final: Path) -> None:
     spec.input.append("sample/sample.txt")
     spec.model_prefix = "tokenizer"
     spec.ClearField("num_threads")
-    trained.write_bytes(proto.SerializeToString(deterministic=True))
-    trained.replace(final)
+    write_atomic(final, proto.SerializeToString(deterministic=True))
+    trained.unlink()
 
 
 def train_step(ctx: TaskContext) -> None:
@@ -182,7 +183,9 @@ def train_step(ctx: TaskContext) -> None:
                         "sample's characters needs a larger tokenizer.vocab_size or a lower "
                         "tokenizer.character_coverage, one too large for the sample a lower tokenizer.vocab_size "
                         "or a larger tokenizer.sample_bytes") from None
-    Path(f"{prefix}.vocab").replace(out / "tokenizer.vocab")
+    vocab = Path(f"{prefix}.vocab")
+    write_atomic(out / "tokenizer.vocab", vocab.read_bytes())  # durably, like every other file here
+    vocab.unlink()
     write_reproducible(Path(f"{prefix}.model"), out / "tokenizer.model")
     write_hf_files(out / "tokenizer.model", out)
 
@@ -213,9 +216,7 @@ def report_step(ctx: TaskContext) -> None:
         "sample_target": {k: v["target_share"] for k, v in shares["languages"].items()},
         "sample_bytes": shares["bytes"],
     }
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out / "report.json")
+    write_json(out / "report.json", report, indent=2, sort_keys=False)
 
 
 def summary(out: Path) -> str:

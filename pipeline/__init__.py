@@ -1,4 +1,3 @@
-"""graine's orchestration: configuration, run directory and lineage, stages, executors, the CLI,
-the model definition and the pretraining loop."""
-
-__version__ = "0.1.0"
+"""The orchestration, graine's top layer: the stage registry, the run's config class, the runner and
+its executors (inline, local processes, Slurm through submitit), job tasks, sbatch rendering, the run
+lock, status and the `graine` command."""

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from checkpoints import manifest
-from checkpoints.layout import STATE, TMP_PREFIX, read_latest
+from checkpoints.layout import TMP_PREFIX, read_latest, read_state
 from checkpoints.retention import is_release, published_steps
 from checkpoints.select import checkpoint_dir, parse_step, select_checkpoint
 from checkpoints.universal import check_universal, universal_of
-from core.errors import ConfigError
+from core.errors import CheckpointError, ConfigError
 from pipeline.config import RunConfig
 
 DUMPS = "dumps"
@@ -62,21 +62,26 @@ def checkpoint_rows(cfg: RunConfig, full: bool = False) -> list[dict]:
         entries, why = manifest.read_manifest(folder)
         if entries is not None:
             why = manifest.check_entries(folder, entries, full=full)
-        try:
-            state = json.loads((folder / STATE).read_text())
-        except (OSError, ValueError):
-            state = {}
         rows.append({
             "step": step, "path": str(folder), "valid": why is None, "why": why,
             "bytes": sum(e["size"] for e in entries.values()) if entries else _du(folder),
-            "tokens": state.get("consumed_tokens"), "loss": state.get("loss"), "ranks": state.get("world_size"),
-            "saved_at": state.get("saved_at"), "latest": folder.name == latest,
+            **_saved(folder), "latest": folder.name == latest,
             "release": is_release(step, cfg.checkpoint.keep_every),
             "universal": check_universal(universal_of(folder), folder) is None if why is None else False,
             "dump": (Path(cfg.run_dir) / DUMPS / folder.name / manifest.MANIFEST).is_file(),
             "export": (Path(cfg.run_dir) / "export" / folder.name).is_dir(),
         })
     return rows
+
+
+def _saved(folder: Path) -> dict:
+    """What the list shows of the checkpoint's graine_state.json (unknown when it cannot be read)."""
+    try:
+        state = read_state(folder)
+    except CheckpointError:
+        return {"tokens": None, "loss": None, "ranks": None, "saved_at": None}
+    return {"tokens": state.consumed_tokens, "loss": state.loss, "ranks": state.world_size,
+            "saved_at": state.saved_at}
 
 
 def _du(folder: Path) -> int:

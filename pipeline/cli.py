@@ -258,22 +258,16 @@ def cmd_task(args) -> int:
 
 def _check_work_folder(cfg, stage) -> None:
     """Hand-run tasks must not mix with a previous attempt's parts made from other inputs or config."""
-    import json
-    import time
-
     from core import lineage
-    from core.fs import write_atomic
     from pipeline.task import StagePaths
 
     paths = StagePaths(cfg.run_path, stage.name)
     key = lineage.fingerprint(cfg, stage, registry.folder_of).key
-    stamp = paths.work / "fingerprint.json"
-    try:
-        previous = json.loads(stamp.read_text())["key"]
-    except (OSError, ValueError, KeyError):
-        write_atomic(stamp, json.dumps({"key": key, "started": time.time()}))
+    stamp = paths.read_fingerprint()
+    if "key" not in stamp:
+        paths.write_fingerprint(key)
         return
-    if previous != key:
+    if stamp["key"] != key:
         raise ConfigError(f"{paths.work} holds tasks of an attempt with other inputs or config; remove it "
                           f"(or run `graine run {stage.name} --force`) before running tasks by hand")
 

@@ -16,9 +16,13 @@ from core.config import assemble, build, load_yaml, param
 from pipeline import registry
 
 
+def _profiles() -> list[str]:
+    return sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "slurm" / "profiles").glob("*.yaml"))
+
+
 @dataclass(kw_only=True)
 class ClusterConfig:
-    profile: str = param("local", help="site profile in slurm/profiles (jean-zay-a100, jean-zay-h100, jean-zay-v100, generic, local-cluster, local)")
+    profile: str = param("local", help=f"site profile in slurm/profiles ({', '.join(_profiles())})")
     account: str = param("", help="Slurm account, e.g. abc@h100 on Jean Zay")
     slurm: dict[str, Any] = param(default_factory=dict, help="Slurm parameters applied to every job")
     cpu: dict[str, Any] = param(default_factory=dict, help="Slurm parameters for CPU (data) jobs")

@@ -10,6 +10,8 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,22 @@ def relay_warnings(handle: Handle) -> None:
         return
     for line in dict.fromkeys(line for line in text.splitlines() if WARNING_LINE.search(line)):
         log.warning("%s (job %s): %s", handle.label, handle.job_id, WARNING_LINE.split(line, 1)[-1])
+
+
+@contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the block, then restore them (submitit's local executor hands this
+    process's environment to the processes it starts)."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class Executor:
@@ -149,31 +167,23 @@ class LocalExecutor(Executor):
     def submit_tasks(self, fn, ranks, kind, after):
         if kind == "gpu":
             world = self.cfg.train.devices_per_node * self.cfg.train.num_nodes
-            # The ranks of a local job rendezvous on a port free on this machine now, chosen here and
-            # handed to them in the environment (a port derived from the job id may be in use).
             from training.distributed import free_port
 
-            previous = os.environ.get("MASTER_PORT")  # one the user exported wins
-            os.environ["MASTER_PORT"] = previous or str(free_port())
-            try:
+            # The ranks of a local job rendezvous on a port free on this machine now, chosen here and
+            # handed to them in the environment (a port derived from the job id may be in use); one the
+            # user exported wins.
+            with environment(MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port())):
                 job = self._executor(tasks_per_node=world).submit(fn, 0)
-            finally:
-                if previous is None:
-                    os.environ.pop("MASTER_PORT", None)
-                else:
-                    os.environ["MASTER_PORT"] = previous
             self.jobs.append(job)
             self.on_submit([job.job_id])
             return [Handle("training job", job)]
         # The tasks share this machine: each one sizes its thread pools to its share (job_cpus), not to
         # every core (submitit's local executor hands this environment to the processes it starts).
         share = max(1, len(os.sched_getaffinity(0)) // max(1, min(self.parallel, len(ranks))))
-        previous = os.environ.get("GRAINE_TASK_CPUS")
-        os.environ["GRAINE_TASK_CPUS"] = str(share)
-        ex = self._executor()
         handles: list[Handle] = []
         running: list[Handle] = []
-        try:
+        with environment(GRAINE_TASK_CPUS=str(share)):
+            ex = self._executor()
             # Bounded parallelism: a 64-task array should not start 64 processes on a laptop.
             for rank in ranks:
                 while len(running) >= self.parallel:
@@ -184,11 +194,6 @@ class LocalExecutor(Executor):
                 h = Handle(f"task {rank}", job)
                 handles.append(h)
                 running.append(h)
-        finally:
-            if previous is None:
-                os.environ.pop("GRAINE_TASK_CPUS", None)
-            else:
-                os.environ["GRAINE_TASK_CPUS"] = previous
         return handles
 
     def submit_one(self, fn, kind, after, label):

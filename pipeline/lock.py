@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 from core.errors import LockError
+from core.fs import write_atomic
 
 log = logging.getLogger("graine")
 LOCK_NAME = ".graine.lock"
@@ -168,9 +169,7 @@ class RunLock:
         h = self.holder() or self._info()
         h["local_pids"] = sorted(set(h.get("local_pids", [])) | {int(p) for p in local_pids})
         h["slurm_jobs"] = list(dict.fromkeys(list(h.get("slurm_jobs", [])) + list(slurm_jobs)))
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(h))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(h))
 
     def release(self, force: bool = False) -> None:
         h = self.holder()
@@ -183,9 +182,7 @@ class RunLock:
         h = self.holder()
         if h is not None and h.get("chain") == self.chain:
             h["handed_over"] = True
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(h))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(h))
         self.held = False
 
     def __enter__(self) -> RunLock:

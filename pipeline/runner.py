@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,10 +70,7 @@ def plan_stage(cfg: RunConfig, stage: Stage, force: bool, upstream_rerun: bool =
 
 
 def _work_matches(paths: StagePaths, fp: lineage.Fingerprint) -> bool:
-    try:
-        return json.loads((paths.work / "fingerprint.json").read_text())["key"] == fp.key
-    except (OSError, json.JSONDecodeError, KeyError):
-        return False
+    return paths.read_fingerprint().get("key") == fp.key
 
 
 def _prepare_work(cfg: RunConfig, stage: Stage, plan: Plan) -> None:
@@ -88,8 +84,8 @@ def _prepare_work(cfg: RunConfig, stage: Stage, plan: Plan) -> None:
     if not stage.publish:  # written in place: it is not complete while it runs again
         (paths.published / lineage.RECORD).unlink(missing_ok=True)
     paths.work.mkdir(parents=True, exist_ok=True)
-    if not (paths.work / "fingerprint.json").exists():
-        write_atomic(paths.work / "fingerprint.json", json.dumps({"key": fp.key, "started": time.time()}))
+    if not paths.fingerprint_file.exists():
+        paths.write_fingerprint(fp.key)
 
 
 def resolve(names: list[str]) -> list[Stage]:

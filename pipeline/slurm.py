@@ -26,8 +26,8 @@ from typing import Any, Literal
 import yaml
 from submitit.slurm.slurm import _get_default_parameters
 
-from core.errors import ConfigError, StageError
-from core.stage import Stage, Step
+from core.errors import ConfigError
+from core.stage import Stage
 from pipeline.config import RunConfig
 
 Kind = Literal["cpu", "gpu", "dev"]
@@ -449,37 +449,14 @@ EXAMPLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 EXAMPLE_CONFIG = "configs/demo.yaml"  # and graine run by the site module's `python` (a rendered script names the renderer's interpreter)
 
 
-def _never_run(ctx: Any) -> None:
-    raise StageError("an example stand-in stage cannot run")
-
-
-# The shape of a stage whose module has not landed yet, so the examples render before it does.
-_STAND_INS = {
-    "pretrain": Stage(name="pretrain", needs=("preprocess", "tokenizer"), sections=("model", "train"),
-                      steps=(Step("train", _never_run, kind="gpu"),), publish=False),
-    "clean": Stage(name="clean", needs=(), sections=("clean",),
-                   steps=(Step("filter", _never_run, num_tasks=lambda cfg: cfg.clean.num_tasks),
-                          Step("dedup", _never_run))),
-}
-
-
-def example_stage(name: str) -> Stage:
-    """The registered stage once it exists, else a stand-in of the same shape."""
-    from pipeline import registry
-
-    try:
-        return registry.get(name)
-    except StageError:
-        return _STAND_INS[name]
-
-
 def render_examples() -> dict[str, str]:
+    from pipeline import registry
     from pipeline.config import load_config
 
     out = {}
     for filename, stage, overrides in EXAMPLES:
         cfg = load_config(None, list(overrides))
-        out[filename] = render_sbatch(cfg, example_stage(stage), EXAMPLE_CONFIG, list(overrides), python="python")
+        out[filename] = render_sbatch(cfg, registry.get(stage), EXAMPLE_CONFIG, list(overrides), python="python")
     return out
 
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import lineage
-from core.errors import StageError
 from pipeline import registry
 from pipeline.config import RunConfig
 from pipeline.executors import tail
@@ -18,7 +17,7 @@ from pipeline.task import StagePaths
 @dataclass
 class StageStatus:
     name: str
-    state: str  # not started | queued | running | complete | stale | failed | interrupted | not implemented
+    state: str  # not started | queued | running | complete | stale | failed | interrupted | unknown
     detail: str = ""
     summary: str = ""
 
@@ -30,10 +29,7 @@ def _find_err_log(logs: Path, job_id: str) -> Path | None:
 
 
 def stage_status(cfg: RunConfig, name: str) -> StageStatus:
-    try:
-        stage = registry.get(name)
-    except StageError as exc:
-        return StageStatus(name, "not implemented", str(exc).split(";")[0])
+    stage = registry.get(name)
     paths = StagePaths(Path(cfg.run_dir), name)
     record = lineage.read_record(paths.published)
     if record is not None:

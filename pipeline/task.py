@@ -77,6 +77,22 @@ class StagePaths:
     def jobs_file(self) -> Path:
         return self.work / "jobs.json"
 
+    @property
+    def fingerprint_file(self) -> Path:
+        return self.work / "fingerprint.json"
+
+    def read_fingerprint(self) -> dict:
+        """{"key", "started"} of the attempt the work folder's parts belong to; {} when none is recorded."""
+        try:
+            stamp = json.loads(self.fingerprint_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return stamp if isinstance(stamp, dict) else {}
+
+    def write_fingerprint(self, key: str) -> None:
+        """Record that the work folder's parts belong to the attempt `key` (lineage.Fingerprint.key), started now."""
+        write_atomic(self.fingerprint_file, json.dumps({"key": key, "started": time.time()}))
+
     def marker(self, step: str, rank: int) -> Path:
         return self.work / "completions" / step / f"{rank:05d}"
 
@@ -241,10 +257,7 @@ def publish(cfg: RunConfig, stage: Stage) -> str:
 
 
 def _started(paths: StagePaths) -> float:
-    try:
-        return json.loads((paths.work / "fingerprint.json").read_text())["started"]
-    except (OSError, json.JSONDecodeError, KeyError):
-        return time.time()
+    return paths.read_fingerprint().get("started", time.time())
 
 
 def _jobs(paths: StagePaths) -> dict:

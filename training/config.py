@@ -9,11 +9,12 @@ from typing import Literal
 
 from core.config import RunConfigBase, param
 from core.errors import ConfigError
+from training.presets import PRESETS
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    size: str = param("demo", help="a preset name (demo, 560m, 1b1, 1b7, 3b, 7b1, 176b; training/presets.py) "
+    size: str = param("demo", help=f"a preset name ({', '.join(PRESETS)}; training/presets.py) "
                                    "or 'custom'; shape fields left at 0 come from the preset")
     num_layers: int = param(0, ge=0, help="transformer blocks; 0 = the preset's")
     hidden_size: int = param(0, ge=0, help="model width; 0 = the preset's")
@@ -35,8 +36,6 @@ class ModelConfig:
     def __post_init__(self) -> None:
         # A preset fills the shape fields left at 0, so `size: 560m` alone is a complete model and
         # `size: 560m, num_layers: 4` is a shallow 560m for tests.
-        from training.presets import PRESETS
-
         if self.size != "custom":
             if self.size not in PRESETS:
                 raise ConfigError(f"model.size={self.size!r} is not a preset; use one of "

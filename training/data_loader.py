@@ -73,15 +73,23 @@ class GlobalBatchLoader:
         return [to_batch(samples[i:i + self.micro]) for i in range(0, per_rank, self.micro)]
 
     def state_dict(self) -> dict:
-        return {"consumed_samples": self.consumed_samples, "fingerprint": self.index.fingerprint}
+        """The data position, the order it indexes, and the ramp-up's batch size there (the next step's)."""
+        return {"consumed_samples": self.consumed_samples, "fingerprint": self.index.fingerprint,
+                "global_batch_size": self.global_batch_size()}
 
     def load_state_dict(self, state: dict, override_hint: str = "") -> None:
+        """Continue the saved order at its position; DataError when this run builds another order."""
         if state["fingerprint"] != self.index.fingerprint:
             raise DataError(
                 f"the checkpoint was trained on the sample index {state['fingerprint']} but this run builds "
                 f"{self.index.fingerprint}: {override_hint or 'the data, train.seq_len or seed changed'}; "
                 "undo that change, or start a new run_dir")
         self.consumed_samples = int(state["consumed_samples"])
+        saved_batch = state.get("global_batch_size")
+        if saved_batch is not None and saved_batch != self.global_batch_size():
+            log.info("the global batch at sample %d is %d, the checkpoint's was %d: train.global_batch_size or "
+                     "train.rampup changed since, and applies from here on", self.consumed_samples,
+                     self.global_batch_size(), saved_batch)
 
 
 def validation_batches(index: SampleIndex | None, num_batches: int, batch_size: int, micro_batch_size: int,

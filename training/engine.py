@@ -124,7 +124,3 @@ def build_engine(model: torch.nn.Module, t: TrainConfig, world_size: int, global
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def model_dtype(t: TrainConfig) -> torch.dtype:
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]

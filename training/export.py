@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from checkpoints import manifest, safe_load
-from checkpoints.layout import read_state
+from checkpoints.layout import CheckpointState, read_state
 from checkpoints.safetensors_io import write_sharded
 from checkpoints.select import checkpoint_dir, latest_folder, parse_step, select_checkpoint
 from checkpoints.universal import optimizer_files
@@ -98,7 +98,7 @@ def consolidated_fp32(folder: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in module.items()}
 
 
-def check_tokenizer(folder: Path, tokenizer_dir: Path, rows: int) -> dict:
+def check_tokenizer(state: CheckpointState, tokenizer_dir: Path, rows: int) -> dict:
     """The tokenizer's ids, after checking it is the one the checkpoint was trained with."""
     from data_prep.tokenizer import tokenizer_info
 
@@ -107,10 +107,9 @@ def check_tokenizer(folder: Path, tokenizer_dir: Path, rows: int) -> dict:
         raise CheckpointError(f"{tokenizer_dir} lacks {', '.join(missing)}; re-run the tokenizer stage "
                               "(`graine run tokenizer --force`)")
     info = tokenizer_info(tokenizer_dir)
-    state = read_state(folder)
-    trained_with = (state.get("lineage") or {}).get("tokenizer_model")
+    trained_with = state.lineage.get("tokenizer_model")
     if trained_with and trained_with != info.hash:
-        raise CheckpointError(f"{folder} was trained with tokenizer {trained_with}, but {tokenizer_dir} holds "
+        raise CheckpointError(f"{state.folder} was trained with tokenizer {trained_with}, but {tokenizer_dir} holds "
                               f"{info.hash}; export from the run directory whose tokenizer trained it")
     if info.vocab_size > rows:
         raise CheckpointError(f"the tokenizer has {info.vocab_size} tokens but the checkpoint's embedding only "
@@ -121,10 +120,11 @@ def check_tokenizer(folder: Path, tokenizer_dir: Path, rows: int) -> dict:
 
 def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: ExportConfig) -> dict:
     """Write the Hugging Face release of the checkpoint `folder` into `out` (replaced); returns its record."""
+    state = read_state(folder)
     model_cfg = saved_model_config(folder)
     weights = consolidated_fp32(folder)
     rows = weights["word_embeddings.weight"].shape[0]
-    ids = check_tokenizer(folder, tokenizer_dir, rows)
+    ids = check_tokenizer(state, tokenizer_dir, rows)
     config = hf_config(model_cfg, ids["vocab_size"], bos_token_id=ids["bos_token_id"],
                        eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"])
     if config.vocab_size != rows:
@@ -145,13 +145,12 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copy2(tokenizer_dir / name, out / name)
-    state = read_state(folder)
-    record = {"step": state["step"], "consumed_tokens": state.get("consumed_tokens"), "loss": state.get("loss"),
+    record = {"step": state.step, "consumed_tokens": state.consumed_tokens, "loss": state.loss,
               # Relative to the run directory, and the checksums of the checkpoint's weights and optimizer
               # states only (its state file holds the save time, its config the run directory): two runs
               # that trained the same model release byte-identical folders.
               "source": f"{folder.parent.name}/{folder.name}", "source_weights_sha256": weights_sha256(folder),
-              "saved_world_size": state.get("world_size"), "dtype": export.dtype, "weights": files,
+              "saved_world_size": state.world_size, "dtype": export.dtype, "weights": files,
               "parameters": sum(v.numel() for v in hf.values()),
               "bytes": sum(v.numel() * v.element_size() for v in hf.values())}
     (out / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))

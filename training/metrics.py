@@ -77,10 +77,10 @@ class Throughput:
 
 
 class MetricsLogger:
-    """Writes metric records; only rank 0 writes anything."""
+    """Writes metric records; only rank 0 writes anything. Training metrics go out every `interval` steps."""
 
-    def __init__(self, log_dir: Path, rank: int, tensorboard: bool = True):
-        self.rank = rank
+    def __init__(self, log_dir: Path, rank: int, tensorboard: bool = True, interval: int = 1):
+        self.rank, self.interval = rank, interval
         self.file = self.writer = None
         if rank != 0:
             return
@@ -93,6 +93,10 @@ class MetricsLogger:
                 self.writer = SummaryWriter(log_dir=str(log_dir / "tensorboard"))
             except ImportError:
                 log.warning("tensorboard is not installed: metrics go to %s only", log_dir / METRICS_FILE)
+
+    def should_log(self, step: int) -> bool:
+        """Whether the step just trained ends a log interval (where the interval's losses are read to the host)."""
+        return step % self.interval == 0
 
     def log(self, step: int, values: dict, kind: str = "train") -> None:
         if self.rank != 0:

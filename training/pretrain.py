@@ -11,23 +11,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from core import lineage
 from core.config import RunConfigBase as RunConfig
 from core.lineage import check_inputs
 from core.stage import Stage, Step, TaskContext
 from training.config import CheckpointConfig, ModelConfig, TrainConfig, validate
-from training.distributed import init_process_group, launch_env, rank_zero_first
-from training.engine import ensure_cpu_accelerator
-from training.trainer import TrainData, Trainer
+
+# torch, DeepSpeed and what imports them are imported where they are used: this module is imported
+# whenever the run's config is assembled (`graine --help` included), which must not pay for them.
+if TYPE_CHECKING:
+    import torch
+
+    from training.trainer import TrainData, TrainHooks
 
 
 def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
     """The train/valid sample indexes over the preprocess stage's shards, and the vocabulary size."""
     from data_prep.sample_index import BlendedSampleIndex, EmptySplitError
     from data_prep.tokenizer import tokenizer_info
+    from training.distributed import rank_zero_first
+    from training.trainer import TrainData
 
     cfg, shards, tokenizer = ctx.cfg, ctx.input_dir("preprocess"), ctx.input_dir("tokenizer")
     # As many samples as the token budget takes (plus one global batch of slack), each dataset repeating
@@ -53,18 +58,25 @@ def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
 
 
 def build_model(cfg: RunConfig, vocab_size: int) -> torch.nn.Module:
+    import torch
+
     from training.model import BloomModel
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     return BloomModel(cfg.model, vocab_size)
 
 
-def train_step(ctx: TaskContext) -> str:
+def train_step(ctx: TaskContext, hooks: TrainHooks | None = None) -> str:
+    """The stage's step on this rank; `hooks` are tests' seams into the loop (training.trainer.TrainHooks)."""
+    from training.distributed import init_process_group, launch_env
+    from training.engine import ensure_cpu_accelerator
+    from training.trainer import Trainer, TrainHooks
+
     ensure_cpu_accelerator()
     # The process group exists before the data and DeepSpeed: DeepSpeed adopts it as it is.
     init_process_group(launch_env(), ctx.cfg.train.dist_timeout_min)
     data, vocab_size = build_data(ctx)
-    trainer = Trainer(ctx, build_model(ctx.cfg, vocab_size), data)
+    trainer = Trainer(ctx, build_model(ctx.cfg, vocab_size), data, hooks or TrainHooks())
     try:
         return trainer.fit()
     finally:

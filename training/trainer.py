@@ -9,6 +9,12 @@ with no device sync; losses stay on the device (all-reduced there, NCCL on GPUs)
 host once per log interval, at a checkpoint and at the end. So a step costs no host sync of its own
 beyond what DeepSpeed's optimizer does.
 
+The training state is kept by its owners, each with state_dict()/load_state_dict(): TrainState (step,
+tokens, last loss and rates), the data loader (samples consumed, sample-index fingerprint, the ramp-up's
+batch there), the LR schedule (its position) and SkipGuard (steps skipped). `checkpoint_state()` composes
+them into graine_state.json; `resume()` hands each its part of what checkpoints.layout.read_state read.
+When to log, evaluate and save is asked of the metrics logger, the evaluator and the checkpointer.
+
 Results of `Trainer.fit()`:
     "done"         the run reached train.train_tokens (checkpoint saved)
     "preempted"    SIGUSR1/SIGUSR2/SIGTERM arrived: saved; the runner requeues the job
@@ -22,11 +28,11 @@ import gc
 import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +40,8 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from checkpoints.checkpointer import Checkpointer
-from checkpoints.layout import read_latest
+from checkpoints.checkpointer import Checkpointer, SaveHooks
+from checkpoints.layout import CONFIG, read_latest
 from core.errors import StageError
 from core.fs import write_atomic
 from core.signals import STOP_SIGNALS, early_stop_signal
@@ -49,8 +55,6 @@ log = logging.getLogger("graine.train")
 
 # Config keys whose change alters the sample order (named when the fingerprint does not match).
 DATA_KEYS = ("seed", "train.seq_len", "preprocess", "tokenizer", "clean")
-# Test hooks: steps whose loss is made NaN on rank 0 ("3,4"), and a pause after every step (seconds).
-NAN_HOOK, DELAY_HOOK = "GRAINE_TEST_NAN_STEPS", "GRAINE_TEST_STEP_DELAY"
 
 
 @dataclass
@@ -58,6 +62,118 @@ class TrainData:
     train: SampleIndex
     valid: SampleIndex | None
     lineage: dict  # upstream output hashes (tokenizer, preprocess)
+
+
+def _same_loss(step: int, loss: torch.Tensor) -> torch.Tensor:
+    return loss
+
+
+def _nothing(*args) -> None:
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainHooks:
+    """Seams of the training loop for tests (fault injection, pacing, inspection); each does nothing by
+    default. A test harness builds one and passes it to `Trainer` (through `training.pretrain.train_step`):
+
+        on_loss(step, loss) -> loss  each micro-batch's loss of step `step` before its backward pass
+        after_step(step)             after the step's metrics, evaluation and checkpoint
+        before_close(trainer)        on every rank when training ends, before the engine is released
+        save                         the checkpointer's (checkpoints.checkpointer.SaveHooks)
+    """
+
+    on_loss: Callable[[int, torch.Tensor], torch.Tensor] = _same_loss
+    after_step: Callable[[int], None] = _nothing
+    before_close: Callable[[Trainer], None] = _nothing
+    save: SaveHooks = SaveHooks()
+
+
+@dataclass
+class TrainState:
+    """How far the run is: its steps and tokens, and its last loss and rates. With the data loader's
+    position, the LR schedule's and the skip count, it is what a checkpoint records beside the model."""
+
+    step: int = 0
+    consumed_tokens: int = 0
+    loss: torch.Tensor | float | None = None  # the last applied step's mean loss, on the device until read
+    throughput: dict = field(default_factory=dict)  # the rates of this job's last log interval
+
+    @property
+    def last_loss(self) -> float | None:
+        return None if self.loss is None else float(self.loss)
+
+    def advance(self, tokens: int) -> int:
+        """Start the next step, which consumes `tokens`; returns its number."""
+        self.step += 1
+        self.consumed_tokens += tokens
+        return self.step
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "consumed_tokens": self.consumed_tokens, "loss": self.last_loss,
+                "throughput": self.throughput}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.consumed_tokens = int(state["step"]), int(state["consumed_tokens"])
+        self.loss = state.get("loss")
+
+
+class SkipGuard:
+    """Steps whose loss or gradient norm was not finite, whose update was dropped: counted and logged;
+    `max_in_a_row` of them in a row stop the run, naming the last good checkpoint."""
+
+    def __init__(self, max_in_a_row: int, ckpt_dir: Path):
+        self.max_in_a_row, self.ckpt_dir = max_in_a_row, ckpt_dir
+        self.skipped = 0  # in the whole run (checkpointed)
+        self.in_a_row = 0  # in this job: a resumed one starts from a good checkpoint
+
+    def record(self, step: int, skipped: bool, loss: torch.Tensor, grad_norm) -> None:
+        if not skipped:
+            self.in_a_row = 0
+            return
+        self.skipped += 1
+        self.in_a_row += 1
+        log.warning("step %d skipped: loss %s, grad norm %s (%d in a row, %d in all)", step,
+                    float(loss), _to_float(grad_norm), self.in_a_row, self.skipped)
+        if self.in_a_row >= self.max_in_a_row:
+            latest = read_latest(self.ckpt_dir)
+            where = f"{self.ckpt_dir / latest}" if latest else "none (no checkpoint was saved yet)"
+            raise StageError(
+                f"{self.in_a_row} consecutive steps had a non-finite loss or gradient norm "
+                f"(train.max_skipped_steps={self.max_in_a_row}), at step {step}; last good "
+                f"checkpoint: {where}. Lower train.lr or raise train.warmup_tokens, move the newer "
+                "checkpoints away if needed, and run again to resume from it")
+
+    def state_dict(self) -> dict:
+        return {"skipped_steps": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = int(state.get("skipped_steps", 0))
+
+
+class Evaluator:
+    """The validation loss over a fixed set of batches (validation_batches), every `interval` steps."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], interval: int, world_size: int):
+        self.batches, self.interval, self.world = batches, interval, world_size
+
+    def should_eval(self, step: int) -> bool:
+        return bool(self.batches) and self.interval > 0 and step % self.interval == 0
+
+    @torch.no_grad()
+    def loss(self, engine) -> float:
+        """The mean loss over every rank's batches (a collective: every rank calls it)."""
+        engine.eval()
+        device = engine.device
+        total = torch.zeros(2, dtype=torch.float64, device=device)
+        one = torch.ones((), dtype=torch.float64, device=device)
+        for input_ids, labels in self.batches:
+            loss = engine(input_ids.to(device), labels=labels.to(device))
+            total += torch.stack([loss.double(), one])
+        if self.world > 1:
+            dist.all_reduce(total)
+        engine.train()
+        return (total[0] / total[1]).item()
 
 
 class StopRequest:
@@ -79,57 +195,48 @@ class StopRequest:
 
 
 class Trainer:
-    def __init__(self, ctx: TaskContext, model: torch.nn.Module, data: TrainData):
+    def __init__(self, ctx: TaskContext, model: torch.nn.Module, data: TrainData,
+                 hooks: TrainHooks = TrainHooks()):
         self.ctx, self.cfg, self.t = ctx, ctx.cfg, ctx.cfg.train
         self.rank, self.world = ctx.rank, ctx.world_size
         self.started = time.monotonic()
         self.stop = StopRequest()
-        self.data = data
-        self.rampup = BatchRampup.from_config(self.t)
+        self.data, self.hooks = data, hooks
+        # The training state, each part kept by its owner and checkpointed through its state_dict().
+        self.state = TrainState()
         self.lr = LRSchedule.from_config(self.t)
-        self.loader = GlobalBatchLoader(data.train, self.rampup, self.t.micro_batch_size, self.rank, self.world)
+        self.loader = GlobalBatchLoader(data.train, BatchRampup.from_config(self.t), self.t.micro_batch_size,
+                                        self.rank, self.world)
         self.flops_per_token = (model.flops_per_token(self.t.seq_len) if hasattr(model, "flops_per_token")
                                 else 6 * sum(p.numel() for p in model.parameters()))
         self.engine, self.optimizer = build_engine(model, self.t, self.world, self.loader.global_batch_size())
         run_dir = ctx.run_dir
         ck = self.cfg.checkpoint
-        self.checkpointer = Checkpointer(run_dir / "checkpoints", ck.keep_last, ck.keep_every)
-        self.metrics = MetricsLogger(run_dir / "logs", self.rank)
+        self.checkpointer = Checkpointer(run_dir / "checkpoints", ck.keep_last, ck.keep_every, ck.interval,
+                                         hooks.save)
+        self.skips = SkipGuard(self.t.max_skipped_steps, self.checkpointer.dir)
+        self.metrics = MetricsLogger(run_dir / "logs", self.rank, interval=self.t.log_interval)
         # Relative to the run directory, so every rank on every node looks at the same file.
         self.kill_file = Path(run_dir) / (self.t.kill_switch_file or "KILL")
-        self.valid = validation_batches(data.valid, self.t.eval_iters, self.t.global_batch_size,
-                                        self.t.micro_batch_size, self.rank, self.world)
+        self.evaluator = Evaluator(validation_batches(data.valid, self.t.eval_iters, self.t.global_batch_size,
+                                                      self.t.micro_batch_size, self.rank, self.world),
+                                   self.t.eval_interval, self.world)
         self.peak = peak_tflops(device_name(), self.t.precision)
-        self.step, self.last_saved, self.skipped, self.consecutive_skips = 0, -1, 0, 0
         self.entropy: float | None = None  # of the training tokens, measured by rank 0 in fit()
-        self._last_loss: torch.Tensor | float | None = None  # on the device until read
-        self.last_rates: dict = {}
-        self.nan_steps = {int(s) for s in os.environ.get(NAN_HOOK, "").split(",") if s}
-        self.delay = float(os.environ.get(DELAY_HOOK, "0") or 0)
-
-    @property
-    def last_loss(self) -> float | None:
-        """The mean loss of the last applied step (read from the device on demand)."""
-        return None if self._last_loss is None else float(self._last_loss)
-
-    @property
-    def consumed_tokens(self) -> int:
-        return self.loader.consumed_samples * self.t.seq_len
 
     # ------------------------------------------------------------------------------------ resume
     def resume(self) -> None:
-        state = self.checkpointer.load(self.engine)
-        if state is None:
+        saved = self.checkpointer.load(self.engine)
+        if saved is None:
             log.info("no checkpoint in %s: starting from scratch", self.checkpointer.dir)
             return
-        hint = changed_data_keys(Path(state["path"]) / "config.yaml", self.cfg.to_dict())
-        self.loader.load_state_dict({"consumed_samples": state["consumed_samples"], "fingerprint": state["fingerprint"]},
-                                    override_hint=hint)
-        self.step = self.last_saved = int(state["step"])
-        self.skipped = int(state.get("skipped_steps", 0))
-        self._last_loss = state.get("loss")
-        log.info("resumed from %s: step %d, %d samples, %d tokens", state["path"], self.step,
-                 self.loader.consumed_samples, self.consumed_tokens)
+        hint = changed_data_keys(saved.folder / CONFIG, self.cfg.to_dict())
+        self.loader.load_state_dict(saved.raw, override_hint=hint)
+        self.state.load_state_dict(saved.raw)
+        self.lr.load_state_dict(saved.raw["lr_schedule"])
+        self.skips.load_state_dict(saved.raw)
+        log.info("resumed from %s: step %d, %d samples, %d tokens", saved.folder, self.state.step,
+                 self.loader.consumed_samples, self.state.consumed_tokens)
 
     # ------------------------------------------------------------------------------------- loop
     def fit(self) -> str:
@@ -139,37 +246,33 @@ class Trainer:
             log.info("unigram entropy of the training tokens: %.4f nats", self.entropy)
         throughput = Throughput()
         interval_losses: list[torch.Tensor] = []
-        while True:
-            reason = self.stop_reason()
-            if reason:
-                break
+        while not (reason := self.stop_reason()):
             batch = self.loader.global_batch_size()
             loss, grad_norm, lr, skipped = self.train_step()
-            self.step += 1
+            step = self.state.step
             throughput.add(batch, batch * self.t.seq_len)
             if not skipped:
                 interval_losses.append(loss)
-                self._last_loss = loss
-            if self.step % self.t.log_interval == 0:
+                self.state.loss = loss
+            if self.metrics.should_log(step):
                 self.log_metrics(interval_losses, grad_norm, lr, throughput)
                 interval_losses = []
                 throughput.reset()
-            if self.t.eval_interval and self.step % self.t.eval_interval == 0:
+            if self.evaluator.should_eval(step):
                 self.evaluate()
-            if self.step % self.cfg.checkpoint.interval == 0:
+            if self.checkpointer.should_save(step):
                 self.save()
-            if self.delay:
-                time.sleep(self.delay)
-        if self.step != self.last_saved:
+            self.hooks.after_step(step)
+        if self.checkpointer.last_saved != self.state.step:
             self.save()
-        log.info("pretraining %s at step %d (%d tokens); last loss %s", reason, self.step,
-                 self.consumed_tokens, self.last_loss)
+        log.info("pretraining %s at step %d (%d tokens); last loss %s", reason, self.state.step,
+                 self.state.consumed_tokens, self.state.last_loss)
         self.write_result(reason)
         return reason
 
     def stop_reason(self) -> str | None:
         """Why the run stops before the next step, agreed by all ranks, or None to continue."""
-        if self.consumed_tokens >= self.t.train_tokens:
+        if self.state.consumed_tokens >= self.t.train_tokens:
             return "done"
         over_time = self.t.exit_duration_min and time.monotonic() - self.started >= self.t.exit_duration_min * 60
         # A host tensor: reduced by the group's CPU backend, without waiting for the device.
@@ -196,7 +299,8 @@ class Trainer:
         if global_batch != self.engine.train_batch_size():
             self.engine.set_train_batch_size(global_batch)
         micro_batches = self.loader.next_batch()
-        lr = self.lr(self.consumed_tokens)
+        step = self.state.advance(global_batch * self.t.seq_len)
+        lr = self.lr.step(self.state.consumed_tokens)
         set_lr(self.optimizer, lr)
 
         # -- forward and backward of each micro-batch; DeepSpeed steps at the last one
@@ -204,9 +308,7 @@ class Trainer:
         device = self.engine.device
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for i, (input_ids, labels) in enumerate(micro_batches):
-            loss = self.engine(input_ids.to(device), labels=labels.to(device))
-            if self.rank == 0 and self.step + 1 in self.nan_steps:
-                loss = loss * float("nan")
+            loss = self.hooks.on_loss(step, self.engine(input_ids.to(device), labels=labels.to(device)))
             self.engine.backward(loss)
             loss_sum += loss.detach().double()
             if i == len(micro_batches) - 1:
@@ -224,7 +326,7 @@ class Trainer:
             grad_norm = self.engine.get_global_grad_norm()
         skipped = not self.engine.was_step_applied() or (
             isinstance(grad_norm, float) and not math.isfinite(grad_norm))
-        self._count_skip(skipped, loss, grad_norm)
+        self.skips.record(step, skipped, loss, grad_norm)
         return loss, grad_norm, lr, skipped
 
     def _guard_zero0_grads(self) -> float | None:
@@ -242,77 +344,47 @@ class Trainer:
                 p.grad = None
         return norm
 
-    def _count_skip(self, skipped: bool, loss: torch.Tensor, grad_norm) -> None:
-        if not skipped:
-            self.consecutive_skips = 0
-            return
-        self.skipped += 1
-        self.consecutive_skips += 1
-        log.warning("step %d skipped: loss %s, grad norm %s (%d in a row, %d in all)", self.step + 1,
-                    float(loss), _to_float(grad_norm), self.consecutive_skips, self.skipped)
-        if self.consecutive_skips >= self.t.max_skipped_steps:
-            latest = read_latest(self.checkpointer.dir)
-            where = f"{self.checkpointer.dir / latest}" if latest else "none (no checkpoint was saved yet)"
-            raise StageError(
-                f"{self.consecutive_skips} consecutive steps had a non-finite loss or gradient norm "
-                f"(train.max_skipped_steps={self.t.max_skipped_steps}), at step {self.step + 1}; last good "
-                f"checkpoint: {where}. Lower train.lr or raise train.warmup_tokens, move the newer "
-                "checkpoints away if needed, and run again to resume from it")
-
     # ------------------------------------------------------------------------- metrics and eval
     def log_metrics(self, losses: list[torch.Tensor], grad_norm, lr: float, throughput: Throughput) -> None:
         host = torch.stack(losses).tolist() if losses else []  # the interval's one read of the device
         rates = throughput.rates(self.world, self.flops_per_token, self.peak)
-        self.last_rates = rates
+        self.state.throughput = rates
         grad_norm = _to_float(grad_norm)
         values = {"loss": float(np.mean(host)) if host else float("nan"), "lr": lr,
                   "grad_norm": grad_norm if grad_norm is not None else float("nan"),
-                  "global_batch": self.loader.global_batch_size(), "tokens": self.consumed_tokens,
-                  "skipped": self.skipped, **rates, "mem_gb": memory_gb()}
-        self.metrics.log(self.step, values)
+                  "global_batch": self.loader.global_batch_size(), "tokens": self.state.consumed_tokens,
+                  "skipped": self.skips.skipped, **rates, "mem_gb": memory_gb()}
+        self.metrics.log(self.state.step, values)
 
-    @torch.no_grad()
-    def evaluate(self) -> float | None:
-        if not self.valid:
-            return None
-        self.engine.eval()
-        device = self.engine.device
-        total = torch.zeros(2, dtype=torch.float64, device=device)
-        one = torch.ones((), dtype=torch.float64, device=device)
-        for input_ids, labels in self.valid:
-            loss = self.engine(input_ids.to(device), labels=labels.to(device))
-            total += torch.stack([loss.double(), one])
-        if self.world > 1:
-            dist.all_reduce(total)
-        self.engine.train()
-        loss = (total[0] / total[1]).item()
-        self.metrics.log(self.step, {"loss": loss, "perplexity": math.exp(min(loss, 50))}, kind="valid")
+    def evaluate(self) -> float:
+        loss = self.evaluator.loss(self.engine)
+        self.metrics.log(self.state.step, {"loss": loss, "perplexity": math.exp(min(loss, 50))}, kind="valid")
         return loss
 
     # ------------------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict:
+        """graine_state.json of a save now: each component's state, and the upstream outputs the data
+        came from (the checkpointer adds the world size and the time)."""
+        return {**self.state.state_dict(), **self.loader.state_dict(), "lr_schedule": self.lr.state_dict(),
+                **self.skips.state_dict(), "lineage": self.data.lineage}
+
     def save(self) -> None:
-        state = {"step": self.step, "consumed_samples": self.loader.consumed_samples,
-                 "consumed_tokens": self.consumed_tokens, "fingerprint": self.data.train.fingerprint,
-                 "lr_schedule": self.lr.state_dict(self.consumed_tokens),
-                 "global_batch_size": self.loader.global_batch_size(), "lineage": self.data.lineage,
-                 "loss": self.last_loss, "throughput": self.last_rates, "skipped_steps": self.skipped,
-                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self.checkpointer.save(self.engine, self.step, state, self.cfg.to_yaml())
-        self.last_saved = self.step
+        self.checkpointer.save(self.engine, self.state.step, self.checkpoint_state(), self.cfg.to_yaml())
 
     def write_result(self, reason: str) -> None:
         if self.rank != 0:
             return
         out = self.ctx.out_dir
         out.mkdir(parents=True, exist_ok=True)
-        result = {"result": reason, "step": self.step, "tokens": self.consumed_tokens, "loss": self.last_loss,
-                  "skipped_steps": self.skipped, "unigram_entropy": self.entropy}
+        result = {"result": reason, "step": self.state.step, "tokens": self.state.consumed_tokens,
+                  "loss": self.state.last_loss, "skipped_steps": self.skips.skipped, "unigram_entropy": self.entropy}
         # Atomic: `graine status` may read it at any moment.
         write_atomic(out / "result.json", json.dumps(result, indent=1))
 
     # ---------------------------------------------------------------------------------- close
     def close(self) -> None:
         """Release DeepSpeed and the process group before exit (avoids gloo's shutdown abort)."""
+        self.hooks.before_close(self)
         self.stop.restore()
         self.metrics.close()
         self.engine = self.optimizer = self.checkpointer = None

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from hooked_worker import OPTIM_STATE, launch
+from hooked_worker import launch
 from safetensors import safe_open
 
 from checkpoints import manifest
@@ -34,7 +34,7 @@ def test_dump_equals_the_live_optimizer(tmp_path, zero):
     run_dir = tmp_path / "run"
     live_file = tmp_path / "live.pt"
     overrides = [f"train.zero_stage={zero}", "train.train_tokens=1024"]  # 8 steps, saved at 4 and 8
-    result, output = launch(run_dir, overrides, hooks={OPTIM_STATE: str(live_file)})
+    result, output = launch(run_dir, overrides, optimizer_state=live_file)
     assert result == "done", output[-4000:]
     live = torch.load(live_file)
     cfg = load_config(None, [f"run_dir={run_dir}", "export.max_shard_gb=0.00002"])  # 20 KB: several shards

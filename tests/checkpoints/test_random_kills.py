@@ -24,7 +24,7 @@ from checkpoints.layout import read_latest  # noqa: E402
 STEPS = 64
 OVERRIDES = ["train.zero_stage=1", f"train.train_tokens={STEPS * 4 * 32}", f"train.decay_tokens={STEPS * 4 * 32}",
              "checkpoint.interval=1", "checkpoint.keep_last=2", "train.eval_interval=0"]
-HOOKS = {"GRAINE_TEST_STEP_DELAY": "0.05"}
+FAULTS = {"step_delay": 0.05}
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -35,13 +35,13 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_twenty_random_kills_end_on_the_uninterrupted_weights(tmp_path):
     reference = tmp_path / "reference"
-    result, output = launch(reference, OVERRIDES, hooks=HOOKS)
+    result, output = launch(reference, OVERRIDES, faults=FAULTS)
     assert result == "done", output[-4000:]
 
     run_dir, rng, kills, resumes = tmp_path / "run", random.Random(27), 0, 0
     while kills < 20:
         before = max(losses(run_dir), default=0)
-        proc = start(run_dir, OVERRIDES, hooks=HOOKS)
+        proc = start(run_dir, OVERRIDES, faults=FAULTS)
         if kills % 4 == 3:
             time.sleep(rng.uniform(0.2, 2.0))  # during start-up, DeepSpeed init or the resume itself
         else:  # once this attempt has trained a step: mid-step or mid-save
@@ -59,7 +59,7 @@ def test_twenty_random_kills_end_on_the_uninterrupted_weights(tmp_path):
         if latest is not None:
             problem = manifest.verify(run_dir / "checkpoints" / latest)
             assert problem is None, f"after kill {kills}, latest={latest} is not valid: {problem}"
-    result, output = launch(run_dir, OVERRIDES, hooks=HOOKS)
+    result, output = launch(run_dir, OVERRIDES, faults=FAULTS)
     assert result == "done", output[-4000:]
     assert resumes >= 5, "too few kills landed after a checkpoint: the test did not exercise resuming"
 

@@ -208,7 +208,7 @@ def test_a_trusted_checkpoint_loads(zero2, tmp_path):
     plant(folder / "rng" / "rank00000.pt", datetime.date(2024, 1, 1))  # harmless, but not on the allow-list
     result, output = launch(run_dir, LONGER)
     assert result.startswith("error: UnsafeCheckpointError") and "datetime.date" in result, output[-4000:]
-    result, output = launch(run_dir, LONGER, hooks={safe_load.TRUST_ENV: str(folder)})
+    result, output = launch(run_dir, LONGER, extra_env={safe_load.TRUST_ENV: str(folder)})
     assert result == "done", output[-4000:]
     assert "resumed from" in output and "step 8" in output and max(losses(run_dir)) == 12
 

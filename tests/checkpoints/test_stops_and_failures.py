@@ -36,7 +36,7 @@ def result_of(run_dir: Path) -> str:
 
 def test_signal_on_one_rank_saves_and_returns_preempted(tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(run_dir, ["train.zero_stage=1"], hooks={"GRAINE_TEST_STEP_DELAY": "0.2"})
+    proc = start(run_dir, ["train.zero_stage=1"], faults={"step_delay": 0.2})
     wait_for_step(run_dir, proc, 5)
     os.kill(worker_pids(proc)[0], signal.SIGUSR1)  # one rank only: the others learn it by all-reduce
     output, code = finish(proc)
@@ -53,7 +53,7 @@ def test_signal_on_one_rank_saves_and_returns_preempted(tmp_path):
 
 def test_kill_switch_then_time_budget(tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(run_dir, ["train.zero_stage=1"], hooks={"GRAINE_TEST_STEP_DELAY": "0.2"})
+    proc = start(run_dir, ["train.zero_stage=1"], faults={"step_delay": 0.2})
     wait_for_step(run_dir, proc, 3)
     (run_dir / "KILL").touch()
     output, code = finish(proc)
@@ -75,7 +75,7 @@ def test_kill_switch_then_time_budget(tmp_path):
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     # Rank 1 runs out of space while hashing the files of step 8, after DeepSpeed wrote its part.
-    result, output = launch(run_dir, ["train.zero_stage=2"], hooks={"GRAINE_TEST_SAVE_FAIL": "1:hash:8"})
+    result, output = launch(run_dir, ["train.zero_stage=2"], faults={"save_fail": "1:hash:8"})
     assert result.startswith("error: CheckpointError"), output[-4000:]
     assert "saving checkpoint global_step8" in result and "rank 1: OSError" in result
     assert "No space left on device" in result

@@ -1,15 +1,17 @@
 """Run the real `pretrain` step in real processes (torch.distributed.run, gloo, DeepSpeed on CPU).
 
 As a script (one process per rank): builds a TaskContext from a JSON spec and calls
-`training.pretrain.train_step(ctx)`. The data is a deterministic synthetic token
-stream (a noisy Markov chain, so the loss can fall) instead of the preprocess stage's sample index; the
-model is a small `training.model.BloomModel`.
+`training.pretrain.train_step(ctx, hooks)`, the hooks made from the spec's "faults" (train_faults). The
+data is a deterministic synthetic token stream (a noisy Markov chain, so the loss can fall) instead of
+the preprocess stage's sample index; the model is a small `training.model.BloomModel`.
 
-From tests: `launch(...)` starts it and `losses(...)` reads the per-step losses it logged.
+From tests: `launch(...)` starts it (`faults={...}` injects train_faults' faults) and `losses(...)` reads
+the per-step losses it logged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from train_faults import train_hooks
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 96
@@ -55,7 +58,8 @@ def base_overrides(run_dir: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ worker side
-def worker(spec_path: str, on_exit=None) -> None:
+def worker(spec_path: str, on_exit=None, hooks: dict | None = None) -> None:
+    """One rank's run of the spec; `hooks` adds TrainHooks fields to those of the spec's faults."""
     from core.stage import TaskContext
     from pipeline.config import load_config
     from pipeline.task import setup_logging
@@ -86,7 +90,8 @@ def worker(spec_path: str, on_exit=None) -> None:
                       work_dir=Path(cfg.run_dir) / ".work")
     code = 0
     try:
-        result = pretrain.train_step(ctx)
+        result = pretrain.train_step(ctx, dataclasses.replace(train_hooks(spec.get("faults") or {}, rank),
+                                                              **(hooks or {})))
     except Exception as exc:  # reported to the test through the result file and the exit code
         import traceback
 
@@ -113,6 +118,7 @@ def command(spec_file: Path, nproc: int) -> list[str]:
 
 
 def write_spec(run_dir: Path, overrides: list[str], nproc: int, **extra) -> Path:
+    """The worker's spec: the harness's overrides, then `overrides`; `extra` (faults, num_samples, ...) as is."""
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = run_dir.parent / f"{run_dir.name}-spec.json"
     spec.write_text(json.dumps({"overrides": [*base_overrides(run_dir), f"train.devices_per_node={nproc}",
@@ -120,13 +126,14 @@ def write_spec(run_dir: Path, overrides: list[str], nproc: int, **extra) -> Path
     return spec
 
 
-def launch(run_dir: Path, overrides: list[str] = (), nproc: int = 2, hooks: dict | None = None,
+def launch(run_dir: Path, overrides: list[str] = (), nproc: int = 2, extra_env: dict | None = None,
            timeout: float = 120, **extra) -> tuple[str, str]:
-    """Run the step to its end; returns (rank 0's result, combined output)."""
+    """Run the step to its end; returns (rank 0's result, combined output). `extra` goes into the spec
+    (`faults={...}`: see train_faults), `extra_env` into the environment."""
     spec = write_spec(run_dir, list(overrides), nproc, **extra)
     for old in run_dir.glob("result-rank*.json"):
         old.unlink()
-    proc = subprocess.Popen(command(spec, nproc), env=env(hooks), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(command(spec, nproc), env=env(extra_env), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=REPO)
     try:
         output, _ = proc.communicate(timeout=timeout)
@@ -148,10 +155,10 @@ def read_result(run_dir: Path, returncode: int | None = None) -> str:
     return f"no result (exit {returncode})"
 
 
-def start(run_dir: Path, overrides: list[str] = (), nproc: int = 2, hooks: dict | None = None) -> subprocess.Popen:
+def start(run_dir: Path, overrides: list[str] = (), nproc: int = 2, faults: dict | None = None) -> subprocess.Popen:
     """Start the step in the background (its own process group, so a test can kill -9 all of it)."""
-    spec = write_spec(run_dir, list(overrides), nproc)
-    return subprocess.Popen(command(spec, nproc), env=env(hooks), cwd=REPO, stdout=subprocess.PIPE,
+    spec = write_spec(run_dir, list(overrides), nproc, faults=faults or {})
+    return subprocess.Popen(command(spec, nproc), env=env(), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

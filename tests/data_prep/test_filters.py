@@ -8,19 +8,17 @@ import pytest
 
 from core.errors import ConfigError
 from data_prep.filters import (
+    LANGUAGE_PARAMS,
     CodeFilter,
     CodeParams,
-    FilterParams,
-    QualityFilter,
     char_repetition_ratio,
-    check_overrides,
-    params_for,
     remove_boilerplate,
     split_words,
 )
 from data_prep.langid import LanguageIdentifier
 from data_prep.normalize import NormalizeConfig, Normalizer
 from data_prep.pii import PiiRedactor
+from data_prep.quality import CHECKS, QualityFilter, check_overrides, param_names, params_for
 from data_prep.synthetic import KEPT_LANGUAGES, WRONG_LANGUAGES, TextGenerator
 
 
@@ -96,7 +94,7 @@ def test_filters_catch_low_quality_text():
     spam = " ".join(f"{sentence} porn xxx casino" for _ in range(6))
     assert reason("en", spam) in ("flagged_words", "word_repetition")
     assert reason("en", " ".join(["lorem ipsum dolor sit amet"] * 2 + ["".join(w) for w in zip("bcdfghjklmnp" * 5, "aeiouy" * 10, "rstvz" * 12)])) == "too_few_stopwords"
-    assert char_repetition_ratio("abcdefghij" * 50, 10) > FilterParams().max_char_rep
+    assert char_repetition_ratio("abcdefghij" * 50, 10) > CHECKS["char_repetition"].params["max_char_rep"]
 
 
 def test_cjk_counts_characters():
@@ -115,10 +113,19 @@ def test_code_filter():
 
 
 def test_unknown_override_names_the_key():
-    with pytest.raises(ConfigError, match="clean.filters.fr.min_wordz"):
+    with pytest.raises(ConfigError, match="clean.filters.fr.min_wordz'; valid keys: min_lang_score, min_words, "):
         check_overrides({"fr": {"min_wordz": 3}})
+    with pytest.raises(ConfigError, match="clean.filters.code.min_words'; valid keys: min_chars, max_bytes"):
+        check_overrides({"code": {"min_words": 3}})
     check_overrides({"default": {"min_words": 3}, "code": {"min_chars": 5}})
-    assert params_for("xx", {"default": {"min_words": 3}}, 0.42) == FilterParams(min_words=3, min_lang_score=0.42)
+
+
+def test_parameters_defaults_then_table_then_overrides():
+    defaults = {p: v for check in CHECKS.values() for p, v in check.params.items()}
+    assert vars(params_for("xx", {"default": {"min_words": 3}}, 0.42)) == {**defaults, "min_words": 3, "min_lang_score": 0.42}
+    zh = params_for("zh", {"default": {"min_words": 3, "max_words": 9}, "zh": {"max_words": 7}}, 0.42)
+    assert (zh.min_words, zh.max_words, zh.char_rep_n, zh.min_lang_score) == (3, 7, 5, 0.6)
+    assert {p for row in LANGUAGE_PARAMS.values() for p in row} <= set(param_names())
 
 
 def test_boilerplate_lines_removed():

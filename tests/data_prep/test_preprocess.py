@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -143,7 +144,7 @@ def test_killed_task_leaves_nothing_visible_and_rerun_is_identical(one_task, bas
     tasks = run / ".preprocess.work" / "tasks"
     assert not (tasks / "00001").exists() and (tasks / "00001.tmp").exists()
     half = list((tasks / "00001.tmp").rglob("*.bin*"))
-    assert half and all(p.name.startswith(".") and p.name.endswith(".tmp") for p in half)
+    assert half and all(re.fullmatch(r"\..+\.bin\.tmp\d+", p.name) for p in half)  # core.fs.tmp_name: hidden
     with pytest.raises(DataError, match="tokenize task 1 of 2 has not completed"):
         run_stage(preprocess.STAGE, cfg, steps=("merge",))
     shards = run_stage(preprocess.STAGE, cfg)  # the re-run: every step again, as after a requeue

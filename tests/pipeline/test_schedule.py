@@ -37,6 +37,22 @@ def test_bloom_schedule_from_config():
     assert lr(410_000_000_000) == pytest.approx(6e-6)
 
 
+def test_lr_state_is_its_position_and_a_changed_shape_is_said(caplog):
+    lr = LRSchedule(peak=1.0, min_lr_ratio=0.1, warmup_tokens=100, decay_tokens=1100)
+    assert lr.step(600) == lr(600)
+    state = lr.state_dict()
+    assert state == {"kind": "warmup_cosine_tokens", "peak": 1.0, "min_lr_ratio": 0.1, "warmup_tokens": 100,
+                     "decay_tokens": 1100, "tokens": 600, "last_lr": lr(600)}
+    resumed = LRSchedule(peak=1.0, min_lr_ratio=0.1, warmup_tokens=100, decay_tokens=1100)
+    with caplog.at_level("INFO", logger="graine.train"):
+        resumed.load_state_dict(state)
+    assert resumed.state_dict() == state and "changed" not in caplog.text
+    lower = LRSchedule(peak=0.5, min_lr_ratio=0.1, warmup_tokens=100, decay_tokens=1100)
+    with caplog.at_level("INFO", logger="graine.train"):
+        lower.load_state_dict(state)
+    assert lower.tokens == 600 and "train.lr: 1.0 -> 0.5" in caplog.text
+
+
 def test_rampup_like_bloom():
     # BLOOM: 16 -> 2048 by 16 over 9.7M samples (127 increments).
     ramp = BatchRampup(start=16, increment=16, samples=9_765_625, final=2048)

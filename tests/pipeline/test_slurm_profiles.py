@@ -7,7 +7,7 @@ import re
 import pytest
 
 from core.errors import ConfigError
-from pipeline import slurm
+from pipeline import registry, slurm
 from pipeline.config import load_config
 
 H100 = ["cluster.profile=jean-zay-h100", "cluster.account=abc@h100"]
@@ -19,7 +19,7 @@ def cfg(*overrides: str):
 
 
 def render(stage: str, overrides: list[str], **kw) -> str:
-    return slurm.render_sbatch(cfg(*overrides), slurm.example_stage(stage), "configs/demo.yaml", overrides, **kw)
+    return slurm.render_sbatch(cfg(*overrides), registry.get(stage), "configs/demo.yaml", overrides, **kw)
 
 
 def sbatch_flags(script: str) -> list[str]:

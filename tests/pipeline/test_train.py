@@ -76,7 +76,7 @@ def test_one_rank_accumulating_equals_two_ranks(reference, tmp_path):
 
 def test_kill_9_then_resume_is_bit_exact(reference, tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(run_dir, ["train.zero_stage=1"], hooks={"GRAINE_TEST_STEP_DELAY": "0.25"})
+    proc = start(run_dir, ["train.zero_stage=1"], faults={"step_delay": 0.25})
     deadline = time.time() + 90
     while max(losses(run_dir), default=0) < 7 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
@@ -112,7 +112,7 @@ def test_damaged_latest_falls_back_with_a_warning(reference, tmp_path):
 def test_spike_guard_skips_then_stops(tmp_path):
     run_dir = tmp_path / "skip"
     over = ["train.zero_stage=2", "train.train_tokens=640", "checkpoint.interval=1", "checkpoint.keep_last=10"]
-    result, output = launch(run_dir, over, hooks={"GRAINE_TEST_NAN_STEPS": "3"})
+    result, output = launch(run_dir, over, faults={"nan_steps": [3]})
     assert result == "done", output[-4000:]
     assert "step 3 skipped" in output
     assert records(run_dir)[-1]["skipped"] == 1 and math.isfinite(losses(run_dir)[5])
@@ -124,7 +124,7 @@ def test_spike_guard_skips_then_stops(tmp_path):
 
     run_dir = tmp_path / "stop"
     result, output = launch(run_dir, over[:-2] + ["checkpoint.interval=2", "train.max_skipped_steps=2"],
-                            hooks={"GRAINE_TEST_NAN_STEPS": "3,4"})
+                            faults={"nan_steps": [3, 4]})
     assert result.startswith("error: StageError"), output[-4000:]
     assert "2 consecutive steps had a non-finite loss" in result
     assert f"last good checkpoint: {run_dir / 'checkpoints' / 'global_step2'}" in result

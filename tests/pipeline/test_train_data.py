@@ -54,6 +54,7 @@ def test_resume_continues_the_order_and_checks_the_fingerprint():
     b = GlobalBatchLoader(index, ramp, 2, 0, 1)
     b.load_state_dict(state)
     assert all(torch.equal(x[0], y[0]) for x, y in zip(b.next_batch(), expected))
+    assert state["global_batch_size"] == 4  # the ramp-up's batch at the saved position
     other = GlobalBatchLoader(SyntheticTokens(100, 8, seed=2), ramp, 2, 0, 1)
     with pytest.raises(DataError, match="train.seq_len: 8 -> 16"):
         other.load_state_dict(state, override_hint="train.seq_len: 8 -> 16")
