@@ -47,6 +47,7 @@ from checkpoints.layout import (
 )
 from checkpoints.retention import prune, published_steps
 from core.errors import CheckpointError
+from core.fs import fsync_dir
 
 log = logging.getLogger("graine.checkpoints")
 
@@ -223,7 +224,7 @@ class Checkpointer:
 
     def _publish(self, tmp: Path, final: Path, entries: dict) -> None:
         manifest.write_manifest(tmp, entries)
-        manifest.fsync_dir(tmp)
+        fsync_dir(tmp)
         # An older save of the same step (damaged, or before a fallback) is replaced whole.
         manifest.replace_folder(tmp, final)
         why = manifest.verify(final, full=False)

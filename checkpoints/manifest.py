@@ -11,7 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-# checkpoints.checkpointer calls fsync_dir through this module (manifest.fsync_dir).
 from core.fs import fsync_dir, fsync_file, write_atomic
 from core.hashing import sha256_file
 

@@ -7,8 +7,10 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def write_sharded(names: list[str], nbytes: Callable[[str], int], load: Callable[[str], torch.Tensor],

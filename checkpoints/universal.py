@@ -13,7 +13,7 @@ else on its universal conversion, with DeepSpeed's `checkpoint.load_universal` s
 load (and the optimizer groups' hyper-parameters kept, see there). Data order is unaffected: batches are cut from the global sample index at
 `consumed_samples`, whatever the number of ranks (training.data_loader).
 
-ZeRO-0 checkpoints cannot be converted: they have no optimizer-partition files (DEEPSPEED_CPU.md).
+ZeRO-0 checkpoints cannot be converted: they have no optimizer-partition files (docs/DEEPSPEED_CPU.md).
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 from checkpoints import manifest, safe_load
 from checkpoints.layout import CONFIG, STATE, TMP_PREFIX, read_state
 from core.errors import CheckpointError
+from core.fs import write_atomic
 
 log = logging.getLogger("graine.checkpoints")
 
@@ -122,6 +121,8 @@ def run_ds_to_universal(source: Path, out: Path, workers: int) -> None:
            # the default one (no tensor or pipeline parallelism), without which it refuses.
            "--inject_missing_state"]
     env = dict(os.environ)
+    import torch
+
     if "DS_ACCELERATOR" not in env and not torch.cuda.is_available():
         env["DS_ACCELERATOR"] = "cpu"
     log.info("converting %s to a universal checkpoint: %s", source, " ".join(cmd[1:]))
@@ -141,9 +142,7 @@ def run_ds_to_universal(source: Path, out: Path, workers: int) -> None:
 
 def _write_pointer(path: Path, tag: str) -> None:
     # ds_to_universal wrote it naming the temporary folder; point it at the published one.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(tag + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, tag + "\n")
 
 
 # ----------------------------------------------------------------------------------- resume hook
@@ -163,6 +162,8 @@ def load_engine_state(engine, folder: Path, world_size: int, load=None, check=No
     - it gives every group one shared `step` tensor, which torch's AdamW increments in place once per
       group, so Adam's bias correction runs ahead: each group gets its own copy.
     """
+    import torch
+
     load = load or engine.load_checkpoint
     folder = Path(folder)
     tag = load_tag(folder, engine, world_size)

@@ -2,7 +2,7 @@
 
 The tokenizer and preprocess stages see the cleaned corpus as one deterministic sequence of documents:
 shards in name order, lines in file order. A line that is not a JSON object with a string `text` is
-counted and skipped with its file and line number (STYLE.md: a bad record never kills the task).
+counted and skipped with its file and line number.
 """
 
 from __future__ import annotations

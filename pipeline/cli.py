@@ -177,19 +177,22 @@ def cmd_run(args) -> int:
         raise ConfigError(f"--executor {args.executor} is unknown; valid executors: {', '.join(EXECUTORS)}")
     cfg = _config(args)
     targets = runner.resolve([args.stage])
-    runner.preflight(cfg, targets, args.executor)  # dry run or not: a bad config exits 2 here
+    checks = runner.preflight(cfg, targets, args.executor)  # dry run or not: a bad config exits 2 here
     if args.dry_run:
-        print(dry_run(cfg, targets, args.executor, args.force))
+        print(dry_run(cfg, targets, args.executor, args.force, checks))
         return 0
     runner.run(cfg, [args.stage], executor=args.executor, force=args.force, wait=args.wait,
                command=shlex.join(["graine", *sys.argv[1:]]))
     return 0
 
 
-def dry_run(cfg, targets, executor: str, force: bool) -> str:
+def dry_run(cfg, targets, executor: str, force: bool, checks: list[str]) -> str:
     from pipeline import runner
 
-    lines = ["# resolved configuration", cfg.to_yaml().rstrip(), "", f"# jobs ({executor} executor)"]
+    lines = ["# resolved configuration", cfg.to_yaml().rstrip(), "",
+             "# checks passed before submission",
+             "config: keys, types and ranges; each section's and each stage's checks across keys (at load)",
+             *checks, "", f"# jobs ({executor} executor)"]
     upstream = False
     for stage in targets:
         plan = runner.plan_stage(cfg, stage, force, upstream_rerun=upstream)
@@ -342,7 +345,7 @@ def entry() -> None:  # pragma: no cover - console script
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    # A process that ran a distributed step leaves through os._exit (gloo shutdown race, DEEPSPEED_CPU.md).
+    # A process that ran a distributed step leaves through os._exit (gloo shutdown race, docs/DEEPSPEED_CPU.md).
     task = sys.modules.get("pipeline.task")
     os._exit(code) if os.environ.get("RANK") or getattr(task, "ran_distributed", False) else sys.exit(code)
 

@@ -109,24 +109,33 @@ def job_shape(cfg: RunConfig, executor: str) -> tuple[int, bool]:
     return ranks, torch.cuda.is_available()
 
 
-def preflight(cfg: RunConfig, targets: list[Stage], executor: str) -> None:
+def preflight(cfg: RunConfig, targets: list[Stage], executor: str) -> list[str]:
     """Every check that can be made before a job is submitted: the Slurm resources of each step, then
-    each stage's own checks against its job's shape (batch divisibility, precision on the devices...).
-    Raises ConfigError, so a bad config exits 2 before anything waits in a queue."""
+    each stage's own checks against its job's shape (batch divisibility, precision on the devices...),
+    then the raw inputs the config names. Raises ConfigError, so a bad config exits 2 before anything
+    waits in a queue; returns one line per check made (`graine run --dry-run` prints them)."""
+    done = []
     for stage in targets:
         for step in stage.steps:
             if executor == "slurm":
                 from pipeline.slurm import job_for
 
-                job_for(cfg, step.kind, step.num_tasks(cfg))
+                job = job_for(cfg, step.kind, step.num_tasks(cfg))
+                done.append(f"{stage.name}/{step.name}: Slurm resources of a {step.kind} job "
+                            f"({job.params.get('partition') or job.params.get('constraint') or 'default partition'})")
         if stage.check is not None:
             gpu = any(step.kind == "gpu" for step in stage.steps)
-            stage.check(cfg, *(job_shape(cfg, executor) if gpu else (1, False)))
+            ranks, gpus = job_shape(cfg, executor) if gpu else (1, False)
+            stage.check(cfg, ranks, gpus)
+            done.append(f"{stage.name}: the stage's own checks"
+                        + (f" against its job ({ranks} rank(s), {'GPUs' if gpus else 'no GPU'})" if gpu else ""))
         if stage.external_inputs is not None:
             try:  # inputs named by the config that do not exist are a config error, found before anything runs
-                stage.external_inputs(cfg)
+                files = stage.external_inputs(cfg)
             except DataError as exc:
                 raise ConfigError(str(exc)) from None
+            done.append(f"{stage.name}: {len(files)} external input file(s) present")
+    return done
 
 
 def run(cfg: RunConfig, names: list[str], executor: str = "local", force: bool = False,

@@ -189,7 +189,7 @@ class TaskRunner:
         if result in REQUEUE and rank == 0 and os.environ.get("SLURM_JOB_ID") and callable(submitit_handler):
             log.info("training saved after %s; requeuing through submitit", result)
             submitit_handler(signal.SIGUSR2, None)  # checkpoints this callable, requeues, exits
-        # gloo's worker thread can abort the interpreter at exit (DEEPSPEED_CPU.md): once submitit has
+        # gloo's worker thread can abort the interpreter at exit (docs/DEEPSPEED_CPU.md): once submitit has
         # written this task's result, leave without running interpreter shutdown. (Inline runs leave
         # through the CLI's own os._exit instead, with its exit code.)
         if os.environ.get("SUBMITIT_EXECUTOR"):

@@ -51,6 +51,15 @@ class ModelConfig:
             raise ConfigError(f"model.hidden_size={self.hidden_size} is not divisible by "
                               f"model.num_heads={self.num_heads}; pick a head count that divides it")
 
+    def padded_vocab_size(self, tokenizer_vocab_size: int) -> int:
+        """Rows of the embedding: `model.vocab_size` (or the tokenizer's) rounded up to `pad_vocab_to_multiple`."""
+        vocab = self.vocab_size or tokenizer_vocab_size
+        if vocab <= 0:
+            raise ConfigError("the vocabulary size is unknown: model.vocab_size=0 and no tokenizer size was given; "
+                              "set model.vocab_size or build the model from the tokenizer stage's output")
+        multiple = self.pad_vocab_to_multiple
+        return (vocab + multiple - 1) // multiple * multiple
+
 
 @dataclass(kw_only=True)
 class RampupConfig:

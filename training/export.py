@@ -26,9 +26,8 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 import yaml
 
 from checkpoints import manifest, safe_load
@@ -55,8 +54,10 @@ class ExportConfig:
 
 log = logging.getLogger("graine.export")
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-HF_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+if TYPE_CHECKING:
+    import torch
+
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # in torch and in config.json
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 REQUIRED_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 LAST = "last_export.json"
@@ -80,6 +81,8 @@ def consolidated_fp32(folder: Path) -> dict[str, torch.Tensor]:
 
     DeepSpeed's zero_to_fp32 unpickles the folder's files with weights_only=False: they are checked first
     (safe_load); without ZeRO, graine reads the model states itself with weights_only=True."""
+    import torch
+
     safe_load.require_safe(folder)
     if optimizer_files(folder):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -120,6 +123,8 @@ def check_tokenizer(state: CheckpointState, tokenizer_dir: Path, rows: int) -> d
 
 def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: ExportConfig) -> dict:
     """Write the Hugging Face release of the checkpoint `folder` into `out` (replaced); returns its record."""
+    import torch
+
     state = read_state(folder)
     model_cfg = saved_model_config(folder)
     weights = consolidated_fp32(folder)
@@ -130,8 +135,8 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
     if config.vocab_size != rows:
         raise CheckpointError(f"the checkpoint's embedding has {rows} rows but its model config pads the "
                               f"vocabulary to {config.vocab_size}; the saved config.yaml does not match the weights")
-    config.dtype = HF_DTYPE_NAMES[export.dtype]
-    dtype = DTYPES[export.dtype]
+    config.dtype = DTYPE_NAMES[export.dtype]
+    dtype = getattr(torch, DTYPE_NAMES[export.dtype])
     hf = to_hf_state_dict(weights, model_cfg)
     del hf["lm_head.weight"]  # tied to the embeddings (tie_word_embeddings): transformers restores it
     hf = {k: v.to(dtype) for k, v in hf.items()}

@@ -7,11 +7,13 @@ output projection is tied to the embeddings; `lm_head.weight` is written as that
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from core.errors import CheckpointError
 from training.config import ModelConfig
-from training.model import padded_vocab_size
+
+if TYPE_CHECKING:
+    import torch
 
 # Wrappers that prefix parameter names: DeepSpeed's engine (`module.`) and torch.compile (`_orig_mod.`).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -70,7 +72,7 @@ def hf_config(cfg: ModelConfig, vocab_size: int | None = None, **extra):
     from transformers import BloomConfig
 
     return BloomConfig(
-        vocab_size=padded_vocab_size(cfg, vocab_size or 0),
+        vocab_size=cfg.padded_vocab_size(vocab_size or 0),
         hidden_size=cfg.hidden_size,
         n_layer=cfg.num_layers,
         n_head=cfg.num_heads,

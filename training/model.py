@@ -34,16 +34,6 @@ from kernels.layer_norm import make_layer_norm
 from training.config import ModelConfig
 
 
-def padded_vocab_size(cfg: ModelConfig, tokenizer_vocab_size: int) -> int:
-    """Rows of the embedding: `model.vocab_size` (or the tokenizer's) rounded up to `pad_vocab_to_multiple`."""
-    vocab = cfg.vocab_size or tokenizer_vocab_size
-    if vocab <= 0:
-        raise ConfigError("the vocabulary size is unknown: model.vocab_size=0 and no tokenizer size was given; "
-                          "set model.vocab_size or build the model from the tokenizer stage's output")
-    multiple = cfg.pad_vocab_to_multiple
-    return (vocab + multiple - 1) // multiple * multiple
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, kernels: KernelChoice):
         super().__init__()
@@ -107,7 +97,7 @@ class BloomModel(nn.Module):
             raise ConfigError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads="
                               f"{cfg.num_heads}; pick a head count that divides it")
         self.vocab_size = cfg.vocab_size or vocab_size
-        self.padded_vocab_size = padded_vocab_size(cfg, vocab_size)
+        self.padded_vocab_size = cfg.padded_vocab_size(vocab_size)
         self.word_embeddings = nn.Embedding(self.padded_vocab_size, cfg.hidden_size)
         self.word_embeddings_layernorm = make_layer_norm(cfg.hidden_size, cfg.layer_norm_eps, self.kernels.layer_norm)
         self.h = nn.ModuleList(Block(cfg, self.kernels) for _ in range(cfg.num_layers))
