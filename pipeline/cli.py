@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("sbatch", help="print a standalone sbatch script for a stage")
     b.add_argument("stage")
+    b.add_argument("--dev", action="store_true", help="a training stage on the profile's dev QoS (short walltime, "
+                                                      "quick start: e.g. qos_gpu_h100-dev, 2 h on Jean Zay)")
     _common(b, "STAGE")
 
     t = sub.add_parser("task", help="run one task of a step (used inside sbatch scripts)")
@@ -235,7 +237,7 @@ def cmd_sbatch(args) -> int:
 
     cfg = _config(args)
     preflight(cfg, [registry.get(args.stage)], "slurm")
-    print(render_sbatch(cfg, registry.get(args.stage), args.config, args.overrides))
+    print(render_sbatch(cfg, registry.get(args.stage), args.config, args.overrides, dev=args.dev))
     return 0
 
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
 from core.errors import ConfigError
 from training.config import TrainConfig
 
+if TYPE_CHECKING:
+    from training.model import BloomModel
+
 log = logging.getLogger("graine.engine")
 
-NO_DECAY_HINTS = ("bias", "norm", "ln_", "layernorm")
 
 
 def ensure_cpu_accelerator() -> None:
@@ -26,21 +29,8 @@ def ensure_cpu_accelerator() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: biases and LayerNorm parameters are not decayed."""
-    if hasattr(model, "param_groups"):
-        return model.param_groups(weight_decay)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or any(h in name.lower() for h in NO_DECAY_HINTS)
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, t.weight_decay)
+def build_optimizer(model: BloomModel, t: TrainConfig) -> torch.optim.Optimizer:
+    groups = model.param_groups(t.weight_decay)
     kwargs = {"lr": t.lr, "betas": (t.beta1, t.beta2), "eps": t.eps}
     if t.optimizer == "cpu_adam":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -82,35 +72,13 @@ def deepspeed_config(t: TrainConfig, world_size: int, global_batch_size: int) ->
     }
 
 
-def enable_activation_checkpointing(model: torch.nn.Module) -> None:
-    """Recompute each transformer block in the backward pass instead of keeping its activations."""
-    if hasattr(model, "set_activation_checkpointing"):
-        model.set_activation_checkpointing(True)
-        return
-    blocks = getattr(model, "blocks", None) or getattr(model, "h", None)
-    if blocks is None:
-        raise ConfigError("train.activation_checkpointing=true but the model exposes no blocks to "
-                          "checkpoint; set train.activation_checkpointing=false")
-    from torch.utils.checkpoint import checkpoint
-
-    for block in blocks:
-        forward = block.forward
-
-        def recomputed(*args, _forward=forward, **kwargs):
-            if not torch.is_grad_enabled():
-                return _forward(*args, **kwargs)
-            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
-
-        block.forward = recomputed
-
-
-def build_engine(model: torch.nn.Module, t: TrainConfig, world_size: int, global_batch_size: int):
+def build_engine(model: BloomModel, t: TrainConfig, world_size: int, global_batch_size: int):
     """(engine, optimizer): the model wrapped by `deepspeed.initialize`, and the client optimizer."""
     ensure_cpu_accelerator()
     import deepspeed
 
     if t.activation_checkpointing:
-        enable_activation_checkpointing(model)
+        model.set_activation_checkpointing(True)
     optimizer = build_optimizer(model, t)
     config = deepspeed_config(t, world_size, global_batch_size)
     # DeepSpeed wraps `optimizer` (ZeRO keeps it as the inner optimizer): its param groups stay the

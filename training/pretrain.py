@@ -10,8 +10,11 @@ existing run directory resumes from the latest valid checkpoint.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from core import lineage
 from core.config import RunConfigBase as RunConfig
@@ -73,6 +76,10 @@ def train_step(ctx: TaskContext, hooks: TrainHooks | None = None) -> str:
     from training.trainer import Trainer, TrainHooks
 
     ensure_cpu_accelerator()
+    # Python's and numpy's streams are seeded too (torch's is, for the weights, in build_model), per rank:
+    # their states are saved in every checkpoint, which two runs of one config then write alike.
+    random.seed(ctx.cfg.seed + ctx.rank)
+    np.random.seed(ctx.cfg.seed + ctx.rank)
     # The process group exists before the data and DeepSpeed: DeepSpeed adopts it as it is.
     init_process_group(launch_env(), ctx.cfg.train.dist_timeout_min)
     data, vocab_size = build_data(ctx)

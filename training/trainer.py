@@ -207,8 +207,7 @@ class Trainer:
         self.lr = LRSchedule.from_config(self.t)
         self.loader = GlobalBatchLoader(data.train, BatchRampup.from_config(self.t), self.t.micro_batch_size,
                                         self.rank, self.world)
-        self.flops_per_token = (model.flops_per_token(self.t.seq_len) if hasattr(model, "flops_per_token")
-                                else 6 * sum(p.numel() for p in model.parameters()))
+        self.flops_per_token = model.flops_per_token(self.t.seq_len)
         self.engine, self.optimizer = build_engine(model, self.t, self.world, self.loader.global_batch_size())
         run_dir = ctx.run_dir
         ck = self.cfg.checkpoint

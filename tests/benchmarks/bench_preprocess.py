@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "data_prep")]
-
-from test_tokenizer_corpus import make_config, make_documents, run_stage, write_clean  # noqa: E402
+sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for tests.data_prep
 
 from core.stage import TaskContext  # noqa: E402
 from data_prep import preprocess, tokenizer  # noqa: E402
 from data_prep.indexed_dataset import write_index  # noqa: E402
 from data_prep.sample_index import BlendedSampleIndex  # noqa: E402
+from tests.data_prep.test_tokenizer_corpus import make_config, make_documents, run_stage, write_clean  # noqa: E402
 
 
 def run_task(run: str, rank: int, world: int) -> None:

@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/benchmarks/bench_pretrain.py [--steps 60] [key=value ...]
 
-Runs the real pretrain step (tests/checkpoints/train_harness.py) on synthetic tokens with the demo
+Runs the real pretrain step (tests/support/train_harness.py) on synthetic tokens with the demo
 config's model and batch, no checkpoint, and reads the throughput it logged; the first steps are
 left out as warm-up. Overrides are applied to configs/demo.yaml (e.g. model.hidden_size=128).
 """
@@ -16,12 +16,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "checkpoints"))
-sys.path.insert(0, str(REPO))
-
-from train_harness import launch, records  # noqa: E402
+sys.path.insert(0, str(REPO))  # run as a script: the repository root, for tests.support
 
 from pipeline.config import load_config  # noqa: E402
+from tests.support.train_harness import launch, records  # noqa: E402
 
 
 def demo_overrides(extra: list[str]) -> list[str]:

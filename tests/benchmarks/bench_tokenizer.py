@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "data_prep")]
+sys.path.insert(0, str(ROOT))  # run as a script: the repository root, for tests.data_prep
 
+# Run with the repository root as the working directory (`python -c` puts it first on sys.path).
 CHILD = """
-import json, resource, sys, time
-sys.path[:0] = {paths!r}
+import json, resource, time
 from pathlib import Path
-from test_tokenizer_corpus import make_config, make_documents, run_stage, write_clean
+from tests.data_prep.test_tokenizer_corpus import make_config, make_documents, run_stage, write_clean
 from data_prep import tokenizer
 run = Path({run!r})
 cfg = make_config(run, **{{"tokenizer.vocab_size": {vocab}, "tokenizer.sample_bytes": {nbytes},
@@ -40,7 +40,7 @@ print(json.dumps({{"sample_s": t1 - t0, "train_s": t2 - t1, "peak_mb": resource.
 
 
 def corpus(run: Path, mb: float) -> None:
-    from test_tokenizer_corpus import make_documents, write_clean
+    from tests.data_prep.test_tokenizer_corpus import make_documents, write_clean
 
     docs = make_documents(int(mb * 1e6 / 230), seed=5)  # ~230 bytes a generated document
     write_clean(run, docs, num_shards=4)
@@ -49,16 +49,15 @@ def corpus(run: Path, mb: float) -> None:
 def train_row(mb: float, vocab: int, model: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         corpus(Path(tmp), mb * 1.3)
-        code = CHILD.format(paths=sys.path[:2], run=tmp, vocab=vocab, nbytes=int(mb * 1e6), model=model)
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        code = CHILD.format(run=tmp, vocab=vocab, nbytes=int(mb * 1e6), model=model)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def encode_rate(mb: float) -> tuple[float, float]:
     """(tokens/s, MB/s) of single-thread SentencePiece encode on generated documents."""
-    from test_tokenizer_corpus import make_config, make_documents, run_stage, write_clean
-
     from data_prep import tokenizer
+    from tests.data_prep.test_tokenizer_corpus import make_config, make_documents, run_stage, write_clean
 
     with tempfile.TemporaryDirectory() as tmp:
         docs = make_documents(int(mb * 1e6 / 230), seed=6)

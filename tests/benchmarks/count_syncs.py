@@ -8,9 +8,10 @@ runs (logging, evaluation and checkpoint steps are excluded by the config: inter
 Every call is counted, DeepSpeed's own included.
 
     .venv/bin/python tests/benchmarks/count_syncs.py [--zero-stage 1] [--steps 12]
+    .venv/bin/python -m tests.benchmarks.count_syncs [...]           (the same, from the repository root)
 
 Prints one line per configuration; tests/pipeline/test_syncs.py runs it with a bound.
-Run as one process (world size 1, gloo) through torch.distributed.run.
+Run as one process (world size 1, gloo) through torch.distributed.run (`-m tests.benchmarks.count_syncs --worker`).
 """
 
 from __future__ import annotations
@@ -42,9 +43,7 @@ def worker(spec: dict) -> None:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    sys.path.insert(0, str(REPO / "tests" / "checkpoints"))
-    import train_harness
-
+    from tests.support import train_harness
     from training import trainer as trainer_mod
 
     counts: Counter = Counter()
@@ -79,8 +78,7 @@ def worker(spec: dict) -> None:
 
 def measure(zero_stage: int, steps: int) -> dict[int, Counter]:
     """{step: {whose: scalar reads during that step and the stop check after it}}, from a fresh process."""
-    sys.path.insert(0, str(REPO / "tests" / "checkpoints"))
-    import train_harness
+    from tests.support import train_harness
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir, out = Path(tmp) / "run", Path(tmp) / "counts.json"
@@ -92,7 +90,8 @@ def measure(zero_stage: int, steps: int) -> dict[int, Counter]:
         env = train_harness.env({"GRAINE_COUNT_SYNCS": json.dumps({"run_dir": str(run_dir), "out": str(out)})})
         env.pop("COUNT_SYNCS_WHERE", None) if not os.environ.get("COUNT_SYNCS_WHERE") else None
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-                               __file__, "--worker"], env=env, capture_output=True, text=True, timeout=300)
+                               "-m", "tests.benchmarks.count_syncs", "--worker"], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
         if os.environ.get("COUNT_SYNCS_WHERE"):
             print("\n".join(line for line in proc.stderr.splitlines() if "scalar read:" in line))
         if not out.exists():
@@ -126,4 +125,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))  # run as a script: the repository root, for tests.support
     main()

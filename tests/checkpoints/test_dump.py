@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from hooked_worker import launch
 from safetensors import safe_open
 
 from checkpoints import manifest
@@ -16,6 +15,7 @@ from checkpoints.dump import STATES
 from core.errors import CheckpointError
 from pipeline.checkpoint_cli import checkpoint_command
 from pipeline.config import load_config
+from tests.support.hooked_worker import launch
 
 
 def read_state(folder, state: str) -> dict[str, torch.Tensor]:

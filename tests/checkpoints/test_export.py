@@ -10,11 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-import tiny_run
 import torch
 
 from core.errors import GraineError
 from pipeline import runner
+from tests.support import tiny_run
 from training import export
 from training.model import BloomModel
 

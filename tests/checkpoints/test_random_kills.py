@@ -8,18 +8,15 @@ the weights and per-step losses of an uninterrupted run, bit for bit (fp32, CPU)
 from __future__ import annotations
 
 import random
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_harness import kill_9, launch, losses, start  # noqa: E402
-
-from checkpoints import manifest  # noqa: E402
-from checkpoints.layout import read_latest  # noqa: E402
+from checkpoints import manifest
+from checkpoints.layout import read_latest
+from tests.support.train_harness import kill_9, launch, losses, start
 
 STEPS = 64
 OVERRIDES = ["train.zero_stage=1", f"train.train_tokens={STEPS * 4 * 32}", f"train.decay_tokens={STEPS * 4 * 32}",

@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_universal import config_file
-from train_harness import REPO, env, launch, losses
 
 from checkpoints import manifest, safe_load
 from checkpoints.checkpointer import rng_state, set_rng_state
@@ -27,6 +25,8 @@ from checkpoints.layout import write_latest
 from checkpoints.universal import convert
 from pipeline.checkpoint_cli import checkpoint_command
 from pipeline.config import load_config
+from tests.checkpoints.test_universal import config_file
+from tests.support.train_harness import REPO, env, launch, losses
 
 GRAINE = [sys.executable, "-m", "pipeline.cli"]
 ZERO2 = ["train.zero_stage=2", "train.train_tokens=1024"]  # 8 steps, checkpoints 4 and 8

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from train_harness import launch, losses, start, worker_pids
 
 from checkpoints import manifest
 from checkpoints.layout import read_latest
+from tests.support.train_harness import launch, losses, start, worker_pids
 
 
 def wait_for_step(run_dir: Path, proc, step: int, timeout: float = 90) -> None:
@@ -29,7 +29,7 @@ def finish(proc) -> tuple[str, str]:
 
 
 def result_of(run_dir: Path) -> str:
-    from train_harness import read_result
+    from tests.support.train_harness import read_result
 
     return read_result(run_dir)
 

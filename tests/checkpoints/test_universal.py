@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hooked_worker import launch
-from train_harness import REPO, base_overrides, env, losses, records
 
 from checkpoints import manifest
 from checkpoints.layout import write_latest
 from checkpoints.universal import check_universal
+from tests.support.hooked_worker import launch
+from tests.support.train_harness import REPO, base_overrides, env, losses, records
 
 GRAINE = [sys.executable, "-m", "pipeline.cli"]
 

@@ -4,7 +4,6 @@ by cumulative size, so that clean/ and every stage after it are byte-identical w
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,7 @@ from data_prep.readers import Document, Fields, list_inputs, read_file
 from data_prep.synthetic import KEPT_LANGUAGES, build_corpus, write_corpus
 from pipeline import runner
 from pipeline.config import RunConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
-import tiny_run  # noqa: E402
+from tests.support import tiny_run
 
 PART_BYTES = 20_000  # the synthetic corpus's ~0.6 MB of kept text: some thirty parts
 

@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-if __name__ == "__main__":  # run as a script from the repository root: regenerate the manifest
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data_prep.clean import CleanConfig, run_locally
 from data_prep.synthetic import KEPT_LANGUAGES, write_corpus

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_indexed_dataset import read_megatron
-from test_tokenizer_corpus import make_config, make_documents, run_stage, write_clean
 
 from core.errors import DataError
 from core.stage import TaskContext
 from data_prep import preprocess, tokenizer
 from data_prep.indexed_dataset import IndexedDataset
 from data_prep.sample_index import BlendedSampleIndex
+from tests.data_prep.test_indexed_dataset import read_megatron
+from tests.data_prep.test_tokenizer_corpus import make_config, make_documents, run_stage, write_clean
 
+REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {"tokenizer.vocab_size": 1000, "tokenizer.sample_bytes": 60_000, "preprocess.validation_fraction": 0.05}
 
 
@@ -108,13 +109,13 @@ def test_split_by_source(base, tmp_path):
     assert {"en__web", "en__books", "code_python__web"} <= names
 
 
+# Run with the repository root as the working directory (`python -c` puts it first on sys.path), for tests.*.
 KILLER = textwrap.dedent("""
-    import os, signal, sys
-    sys.path.insert(0, {tests!r})
+    import os, signal
     from pathlib import Path
     from data_prep import indexed_dataset, preprocess
     from core.stage import TaskContext
-    from test_tokenizer_corpus import make_config
+    from tests.data_prep.test_tokenizer_corpus import make_config
     calls = []
     real = indexed_dataset.IndexedDatasetWriter.add_documents
     def add_then_die(self, docs):
@@ -138,8 +139,8 @@ def test_killed_task_leaves_nothing_visible_and_rerun_is_identical(one_task, bas
     run_stage(preprocess.STAGE, cfg, steps=("count",))
     preprocess.tokenize_step(TaskContext(cfg=cfg, stage="preprocess", step="tokenize", rank=0, world_size=2,
                                          out_dir=run / ".preprocess.staging", work_dir=run / ".preprocess.work"))
-    script = KILLER.format(tests=str(Path(__file__).parent), run=str(run), settings=settings)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    script = KILLER.format(run=str(run), settings=settings)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == -9, proc.stderr[-2000:]
     tasks = run / ".preprocess.work" / "tasks"
     assert not (tasks / "00001").exists() and (tasks / "00001.tmp").exists()

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_tokenizer_corpus import make_config, make_documents, run_stage, write_clean
 
 from core.errors import ConfigError
 from data_prep import tokenizer
 from data_prep.sampling import lines_of
+from tests.data_prep.test_tokenizer_corpus import make_config, make_documents, run_stage, write_clean
 
 HARD_CASES = [
     "", " ", "   ", "\n", "\n\n\n", "\t\t", "  leading spaces", "trailing spaces   ", "a  b   c    d",

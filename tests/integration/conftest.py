@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
-import tiny_run  # noqa: E402
+from tests.support import tiny_run
 
 
 @pytest.fixture(scope="session")

@@ -8,16 +8,16 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tiny_run  # noqa: E402
-from slurm_jobs import (  # noqa: E402
+from core.errors import LockError
+from pipeline import runner
+from pipeline.status import stage_status
+from tests.support import env_faults_pythonpath, tiny_run
+from tests.support.slurm_jobs import (
     FAILED,
     job_of,
     reference_losses,
@@ -27,11 +27,7 @@ from slurm_jobs import (  # noqa: E402
     state,
     wait_complete,
 )
-from train_harness import losses  # noqa: E402
-
-from core.errors import LockError  # noqa: E402
-from pipeline import runner  # noqa: E402
-from pipeline.status import stage_status  # noqa: E402
+from tests.support.train_harness import losses
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
@@ -101,7 +97,8 @@ def test_rendered_script_on_two_nodes_saves_requeues_itself_and_finishes_bitwise
     assert "#SBATCH --nodes=2" in text
     assert 'srun --kill-on-bad-exit=1 --wait=60 "$GRAINE_PY" -m pipeline.cli task pretrain train' in text
     assert "MASTER_ADDR=" not in text.replace("# ", "")  # derived inside each task, from Slurm
-    job = sbatch(script, GRAINE_TEST_STEP_DELAY="1.5")
+    # The pause comes from the test shim (tests/support/env_faults), first on the job's PYTHONPATH.
+    job = sbatch(script, GRAINE_TEST_STEP_DELAY="1.5", PYTHONPATH=env_faults_pythonpath())
     out = run_dir.parent / f"graine-pretrain-{job}.out"
     restarts = wait_job(job, out, timeout=600)
     log = out.read_text(errors="replace")
@@ -152,7 +149,8 @@ def test_a_rank_killed_on_the_second_node_ends_the_job_then_a_rerun_resumes(slur
     want = reference_losses(prepared)
     run_dir = run_copy(prepared, "killed")
     cfg = tiny_run.config(run_dir, prepared / "corpus", *TWO_NODES, "cluster.gpu={time: 10}")
-    monkeypatch.setenv("GRAINE_TEST_STEP_DELAY", "1.0")
+    monkeypatch.setenv("GRAINE_TEST_STEP_DELAY", "1.0")  # applied by the shim first on the jobs' PYTHONPATH
+    monkeypatch.setenv("PYTHONPATH", env_faults_pythonpath())
     runner.run(cfg, ["pretrain"], executor="slurm")
     job = job_of(run_dir)
     deadline = time.time() + 180

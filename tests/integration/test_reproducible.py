@@ -14,18 +14,15 @@ Legs (clean.num_tasks, preprocess.num_tasks, executor):
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
-import tiny_run  # noqa: E402
-
-from core import lineage  # noqa: E402
-from pipeline import runner  # noqa: E402
-from pipeline.cli import main  # noqa: E402
-from pipeline.diff import train_losses  # noqa: E402
+from core import lineage
+from pipeline import runner
+from pipeline.cli import main
+from pipeline.diff import train_losses
+from tests.support import tiny_run
 
 pytestmark = pytest.mark.slow
 STAGES = ["clean", "tokenizer", "preprocess", "pretrain"]

@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_multinode import REPO, sbatch, wait_job  # noqa: E402
-
-from pipeline import runner  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from pipeline import runner
+from pipeline.config import load_config
+from tests.integration.test_multinode import REPO, sbatch, wait_job
 
 pytestmark = pytest.mark.slurm
 

@@ -5,18 +5,13 @@ the USR2 Slurm sends before the limit). Losses equal an uninterrupted local run'
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tiny_run  # noqa: E402
-from slurm_jobs import job_of, reference_losses, run_copy, show, wait_complete  # noqa: E402
-from train_harness import losses  # noqa: E402
-
-from pipeline import runner  # noqa: E402
+from pipeline import runner
+from tests.support import env_faults_pythonpath, tiny_run
+from tests.support.slurm_jobs import job_of, reference_losses, run_copy, show, wait_complete
+from tests.support.train_harness import losses
 
 pytestmark = pytest.mark.slurm
 
@@ -53,7 +48,10 @@ def test_two_minute_limit_reaches_the_target_through_requeues(slurm_cluster, pre
                           "cluster.gpu={time: 2}", "checkpoint.max_num_timeout=5")
     # 100 steps x 1.25 s of pause = 125 s of work: one 2-minute job cannot finish it, whenever the signal
     # comes. (Measured: Slurm sends USR2@60 some 25-35 s into each job, so it takes about 4 jobs, ~4 min.)
+    # The pause comes from the test shim (tests/support/env_faults), first on the jobs' PYTHONPATH; submitit
+    # passes this environment to the jobs.
     monkeypatch.setenv("GRAINE_TEST_STEP_DELAY", "1.25")
+    monkeypatch.setenv("PYTHONPATH", env_faults_pythonpath())
     runner.run(cfg, ["pretrain"], executor="slurm")
     job = job_of(run_dir)
     assert "TimeLimit=00:02:00" in show(job)

@@ -11,13 +11,11 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipeline"))
-import toy_stages  # noqa: E402
-
-from core.stage import Stage, Step  # noqa: E402
-from pipeline import registry, runner  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.status import stage_status  # noqa: E402
+from core.stage import Stage, Step
+from pipeline import registry, runner
+from pipeline.config import load_config
+from pipeline.status import stage_status
+from tests.support import toy_stages
 
 pytestmark = pytest.mark.slurm
 

@@ -1,7 +1,8 @@
 """Fixtures of the pipeline tests."""
 
 import pytest
-import toy_stages
+
+from tests.support import toy_stages
 
 
 @pytest.fixture

@@ -80,3 +80,27 @@ def test_filesystem_errors_are_one_line_with_the_fix(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and fix in err and str(tmp_path / "run" / ".work" / "x") in err
     assert errno.errorcode[code]  # a real errno
+
+
+def test_dry_run_lists_the_checks_it_passed(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\ntrain:\n  devices_per_node: 2\n  global_batch_size: 16\n")
+    assert main(["run", "pretrain", "-c", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "# checks passed before submission" in out
+    assert "pretrain: the stage's own checks against its job (2 rank(s), no GPU)" in out
+    # The same check fails the command, before anything is written, when the job's shape breaks it.
+    assert main(["run", "pretrain", "-c", str(cfg), "--dry-run", "train.global_batch_size=12"]) == 2
+    assert "train.global_batch_size a multiple of 8" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_sbatch_dev_uses_the_profiles_dev_qos(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SCRATCH", str(tmp_path))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("cluster:\n  profile: jean-zay-h100\n  account: abc@h100\ntrain:\n  global_batch_size: 32\n")
+    assert main(["sbatch", "pretrain", "-c", str(cfg)]) == 0
+    assert "#SBATCH --qos=qos_gpu_h100-t3" in capsys.readouterr().out
+    assert main(["sbatch", "pretrain", "-c", str(cfg), "--dev"]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --qos=qos_gpu_h100-dev" in out and "#SBATCH --time=120" in out

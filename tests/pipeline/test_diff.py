@@ -5,7 +5,6 @@ differ only in task counts do not diverge."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,7 @@ from core import lineage
 from data_prep.synthetic import write_corpus
 from pipeline import runner
 from pipeline.cli import main
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
-import tiny_run  # noqa: E402
+from tests.support import tiny_run
 
 # 4 steps of 4 samples x 32 tokens on one process, so the test stays short. Training runs as a local job: a
 # second DeepSpeed engine in one process (inline) does not work.

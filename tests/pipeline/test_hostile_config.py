@@ -117,9 +117,8 @@ def test_run_directory_is_private_and_so_are_job_files(tmp_path):
     import os
     import stat
 
-    import toy_stages
-
     from pipeline import runner
+    from tests.support import toy_stages
 
     old = os.umask(0o002)  # a permissive session, as on many clusters
     try:

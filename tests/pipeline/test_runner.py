@@ -17,7 +17,7 @@ from pipeline.config import load_config
 from pipeline.lock import RunLock, pid_alive
 from pipeline.status import stage_status
 
-HERE = Path(__file__).parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("toys")
@@ -102,10 +102,10 @@ def test_failed_task_reports_log_and_last_lines_then_rerun_redoes_only_it(tmp_pa
     assert sorted(executions(log)) == ["toy-parts/merge/0", "toy-parts/write/2"]
 
 
+# Run with the repository root as the working directory (`python -c` puts it first on sys.path): the drivers
+# import tests.support.toy_stages. Their task processes need not: the toy stages travel by value.
 DRIVER = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {here!r})
-    import toy_stages
+    from tests.support import toy_stages
     toy_stages.register()
     from pipeline import runner
     from pipeline.config import load_config
@@ -118,9 +118,9 @@ def test_kill_driver_half_way_then_rerun_redoes_only_unfinished(tmp_path):
     run = tmp_path / "run"
     log = tmp_path / "exec.log"
     env = {**os.environ, "TOY_EXEC_LOG": str(log), "TOY_DELAY": "1.5", "GRAINE_LOCAL_PARALLEL": "2"}
-    script = DRIVER.format(here=str(Path(__file__).parent), run=run)
+    script = DRIVER.format(run=run)
     # The driver and its task processes share a new session: killing the group is a node dying.
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=REPO, start_new_session=True)
     markers = run / ".work" / "toy-parts" / "completions" / "write"
     deadline = time.time() + 60
     while time.time() < deadline and len(list(markers.glob("0*"))) < 2:
@@ -133,7 +133,7 @@ def test_kill_driver_half_way_then_rerun_redoes_only_unfinished(tmp_path):
 
     log.unlink()
     env.pop("TOY_DELAY")
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, check=True, timeout=120)
     redone = {int(line.rsplit("/", 1)[1]) for line in executions(log) if "/write/" in line}
     assert redone == set(range(6)) - done
     runner.run(load_config(None, [f"run_dir={tmp_path / 'ref'}", "clean.num_tasks=6"]), ["toy-parts"], executor="inline")
@@ -144,8 +144,8 @@ def test_second_pipeline_is_refused_and_changes_nothing(tmp_path):
     run = tmp_path / "run"
     cfg = cfg_for(run)
     env = {**os.environ, "TOY_DELAY": "3"}
-    script = DRIVER.format(here=str(Path(__file__).parent), run=run)
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    script = DRIVER.format(run=run)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=REPO)
     try:
         lock = run / ".graine.lock"
         deadline = time.time() + 30
@@ -195,8 +195,8 @@ def test_status_states(tmp_path):
 def test_kill_driver_only_its_live_tasks_keep_the_lock_then_rerun_finishes(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "TOY_DELAY": "2", "GRAINE_LOCAL_PARALLEL": "2"}
-    script = DRIVER.format(here=str(Path(__file__).parent), run=run)
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    script = DRIVER.format(run=run)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=REPO)
     jobs = run / ".work" / "toy-parts" / "jobs.json"
     deadline = time.time() + 60
     while time.time() < deadline and not jobs.exists():
@@ -233,15 +233,14 @@ def test_interrupted_driver_ends_its_tasks_before_releasing_the_lock(tmp_path, s
     cfg_file.write_text(f"run_dir: {run}\nclean:\n  num_tasks: 4\n")
     driver = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import toy_stages
+        from tests.support import toy_stages
         toy_stages.register()
         from pipeline import cli
         sys.argv = ["graine", "run", "toy-parts", "-c", {str(cfg_file)!r}]
         cli.entry()
     """)
     env = {**os.environ, "TOY_DELAY": "30", "GRAINE_LOCAL_PARALLEL": "2"}
-    proc = subprocess.Popen([sys.executable, "-c", driver], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", driver], env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
     lock_file = run / ".graine.lock"
     deadline = time.time() + 60
     while time.time() < deadline and len((json.loads(lock_file.read_text()) if lock_file.exists() else {})

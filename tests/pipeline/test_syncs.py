@@ -2,13 +2,9 @@
 evaluation and checkpoint steps (on a GPU each read stalls the device): counted on CPU by
 tests/benchmarks/count_syncs.py, which runs the real loop and attributes every read."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from count_syncs import measure  # noqa: E402
+from tests.benchmarks.count_syncs import measure
 
 
 @pytest.mark.parametrize("zero_stage", [0, 1])

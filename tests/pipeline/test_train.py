@@ -7,20 +7,17 @@ against its per-step losses exactly (resume) or within float tolerance (other la
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
-from train_harness import kill_9, launch, losses, records, start  # noqa: E402
-
-from checkpoints import manifest  # noqa: E402
-from checkpoints.checkpointer import latest_checkpoint_info  # noqa: E402
-from checkpoints.layout import read_latest  # noqa: E402
-from training.metrics import last_metrics  # noqa: E402
+from checkpoints import manifest
+from checkpoints.checkpointer import latest_checkpoint_info
+from checkpoints.layout import read_latest
+from tests.support.train_harness import kill_9, launch, losses, records, start
+from training.metrics import last_metrics
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from core.errors import DataError
+from tests.support.train_harness import SyntheticTokens
 from training.data_loader import GlobalBatchLoader, validation_batches
 from training.schedule import BatchRampup
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
-from train_harness import SyntheticTokens  # noqa: E402
 
 
 def global_batches(world: int, micro: int, steps: int, ramp: BatchRampup, index) -> list[torch.Tensor]:

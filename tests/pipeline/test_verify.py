@@ -70,11 +70,7 @@ def test_a_task_refuses_an_upstream_output_changed_after_publication(tmp_path):
 
 
 def test_pretrain_refuses_a_modified_shard(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
-    import tiny_run
+    from tests.support import tiny_run
 
     cfg = tiny_run.prepare(tmp_path / "run", tmp_path / "corpus")
     shard = sorted((tmp_path / "run" / "shards" / "train").glob("*.bin"))[0]
@@ -86,11 +82,7 @@ def test_pretrain_refuses_a_modified_shard(tmp_path):
 
 
 def test_resume_warnings_reach_the_console(tmp_path, caplog):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
-    import tiny_run
+    from tests.support import tiny_run
 
     tiny_run.prepare(tmp_path / "run", tmp_path / "corpus")
     cfg = tiny_run.config(tmp_path / "run", tmp_path / "corpus", "train.devices_per_node=1")

@@ -1,4 +1,5 @@
-"""train_harness's worker with one more hook, launched the same way (torch.distributed.run, gloo).
+"""train_harness's worker with one more hook, launched the same way (torch.distributed.run, gloo; the ranks
+run `python -m tests.support.hooked_worker SPEC`).
 
 - optimizer_state=PATH (in the spec): when training ends, every rank gathers the live optimizer's full
   fp32 weights and Adam moments (deepspeed.utils.safe_get_full_*, collective) and rank 0 saves them to
@@ -13,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import train_harness
+from tests.support import train_harness
 
 
 def optimizer_capture(path: str):
@@ -50,7 +51,7 @@ def launch(run_dir: Path, overrides: list[str] = (), nproc: int = 2, optimizer_s
     for old in run_dir.glob("result-rank*.json"):
         old.unlink()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(Path(__file__)), str(spec)]
+           "-m", "tests.support.hooked_worker", str(spec)]
     proc = subprocess.run(cmd, env=train_harness.env(), capture_output=True, text=True, timeout=timeout,
                           cwd=train_harness.REPO)
     output = proc.stdout + proc.stderr

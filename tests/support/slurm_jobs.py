@@ -6,18 +6,15 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoints"))
-import tiny_run  # noqa: E402
-from train_harness import losses  # noqa: E402
-
-from pipeline import runner  # noqa: E402
-from pipeline.status import stage_status  # noqa: E402
+from pipeline import runner
+from pipeline.status import stage_status
+from tests.support import tiny_run
+from tests.support.train_harness import losses
 
 
 def run_copy(prepared: Path, name: str) -> Path:

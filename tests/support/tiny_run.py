@@ -1,7 +1,7 @@
 """A real run directory (generated corpus -> clean -> tokenizer -> preprocess, with completion records)
 in a few seconds, and the overrides of a tiny BLOOM for the real `pretrain` stage on it.
 
-Shared by the export test and the real-Slurm pretrain test (imported as `tiny_run`).
+Shared by the export test and the real-Slurm pretrain test (`from tests.support import tiny_run`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Run the real `pretrain` step in real processes (torch.distributed.run, gloo, DeepSpeed on CPU).
 
-As a script (one process per rank): builds a TaskContext from a JSON spec and calls
+As a module (`python -m tests.support.train_harness SPEC`, one process per rank, the repository root
+on PYTHONPATH): builds a TaskContext from a JSON spec and calls
 `training.pretrain.train_step(ctx, hooks)`, the hooks made from the spec's "faults" (train_faults). The
 data is a deterministic synthetic token stream (a noisy Markov chain, so the loss can fall) instead of
 the preprocess stage's sample index; the model is a small `training.model.BloomModel`.
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from train_faults import train_hooks
+
+from tests.support.train_faults import train_hooks
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 96
@@ -114,7 +116,7 @@ def env(extra: dict | None = None) -> dict:
 
 def command(spec_file: Path, nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            str(Path(__file__)), str(spec_file)]
+            "-m", "tests.support.train_harness", str(spec_file)]
 
 
 def write_spec(run_dir: Path, overrides: list[str], nproc: int, **extra) -> Path:

@@ -1,5 +1,7 @@
 """Test faults for training processes a test cannot hand hooks to: the real-Slurm tests run graine's own
-CLI in their jobs. Put this folder first on the job's PYTHONPATH and name the faults in its environment:
+CLI in their jobs. Put this folder first on the job's PYTHONPATH, then the repository root (from which it
+imports tests.support.train_faults; tests.support.env_faults_pythonpath() gives both), and name the faults
+in its environment:
 
     GRAINE_TEST_STEP_DELAY=1.5       train_faults' step_delay (seconds)
     GRAINE_TEST_NAN_STEPS=3,4        nan_steps
@@ -16,7 +18,6 @@ import importlib.abc
 import importlib.util
 import os
 import sys
-from pathlib import Path
 
 ENV = {"GRAINE_TEST_STEP_DELAY": "step_delay", "GRAINE_TEST_NAN_STEPS": "nan_steps",
        "GRAINE_TEST_SAVE_FAIL": "save_fail"}
@@ -31,8 +32,7 @@ def faults_from_env(environ) -> dict:
 
 def give_trainers(module, faults: dict) -> None:
     """Make `module.Trainer` use the faults' hooks when it is given none (the stage passes the default)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from train_faults import train_hooks
+    from tests.support.train_faults import train_hooks
 
     init, default = module.Trainer.__init__, module.TrainHooks()
 

@@ -1,0 +1,1 @@
+"""Tests of the data_prep package: readers, clean, tokenizer, preprocess and sample indexes."""

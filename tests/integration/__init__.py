@@ -1,0 +1,1 @@
+"""Tests on the local Slurm cluster (marked `slurm`)."""

@@ -1,0 +1,1 @@
+"""Tests of the pipeline package: config, CLI, runner, model and training loop."""
