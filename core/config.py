@@ -3,8 +3,9 @@
 Each section is a `kw_only` dataclass declared by the stage that owns it (`Stage.config`); the
 orchestration assembles them into the run's config class (pipeline/config.py). `param()` attaches the
 help text, the allowed range that validation reports, and `shape=True` for keys that only split the
-work into tasks (outside the stage's config hash). Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the
-key, the value and the fix. Overrides are `key.sub=value` with the value parsed as YAML.
+work into tasks (outside the stage's config hash). Unknown keys, wrong types and out-of-range values
+raise `ConfigError` naming the key, the value and the fix. Overrides are `key.sub=value` with the value
+parsed as YAML.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def param(default: Any = dataclasses.MISSING, *, help: str = "", ge: float | Non
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
+
 
 @dataclass(kw_only=True)
 class RunConfigBase:

@@ -307,16 +307,29 @@ class Trainer:
         device = self.engine.device
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for i, (input_ids, labels) in enumerate(micro_batches):
+            # The boundary is the last micro-batch of this global batch, said explicitly: DeepSpeed's own
+            # rule (micro-steps so far modulo the accumulation) falls elsewhere once the ramp-up has
+            # changed the accumulation after an odd number of micro-steps.
+            self.engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
             loss = self.hooks.on_loss(step, self.engine(input_ids.to(device), labels=labels.to(device)))
             self.engine.backward(loss)
             loss_sum += loss.detach().double()
+            drop = False
             if i == len(micro_batches) - 1:
-                grad_norm = self._guard_zero0_grads()
+                grad_norm = self._zero0_grad_norm()
+                # Without ZeRO, DeepSpeed would apply a non-finite gradient: this step is then not a
+                # boundary (no optimizer step, no clipping of absent gradients), and the gradient goes.
+                drop = grad_norm is not None and not math.isfinite(grad_norm)
+                if drop:
+                    self.engine.set_gradient_accumulation_boundary(False)
             self.engine.step()
+            if drop:
+                for p in self.engine.module.parameters():
+                    p.grad = None
 
         # -- the mean loss over all ranks, kept on the device. A non-finite loss makes a non-finite
         # gradient: DeepSpeed's ZeRO optimizer then skips the update (was_step_applied), and without
-        # ZeRO _guard_zero0_grads drops it; every rank sees the same reduced gradient norm.
+        # ZeRO the loop above drops it; every rank sees the same reduced gradient norm.
         totals = torch.stack([loss_sum, torch.full((), float(len(micro_batches)), dtype=torch.float64, device=device)])
         if self.world > 1:
             dist.all_reduce(totals)
@@ -328,20 +341,13 @@ class Trainer:
         self.skips.record(step, skipped, loss, grad_norm)
         return loss, grad_norm, lr, skipped
 
-    def _guard_zero0_grads(self) -> float | None:
-        """Without ZeRO, DeepSpeed applies non-finite gradients: compute the norm and drop them.
-
-        torch's AdamW leaves parameters without a gradient untouched, so the step becomes a no-op.
-        With ZeRO 1-3, DeepSpeed's optimizer detects the non-finite norm and skips by itself.
-        """
+    def _zero0_grad_norm(self) -> float | None:
+        """The global gradient norm without ZeRO (the gradients are all-reduced by now), None with ZeRO
+        1-3, whose optimizer detects a non-finite norm and skips the update by itself."""
         if self.engine.zero_optimization_stage() != 0:
             return None
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
-        if not math.isfinite(norm):
-            for p in self.engine.module.parameters():
-                p.grad = None
-        return norm
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
 
     # ------------------------------------------------------------------------- metrics and eval
     def log_metrics(self, losses: list[torch.Tensor], grad_norm, lr: float, throughput: Throughput) -> None:

@@ -125,3 +125,31 @@ def test_spike_guard_skips_then_stops(tmp_path):
     assert result.startswith("error: StageError"), output[-4000:]
     assert "2 consecutive steps had a non-finite loss" in result
     assert f"last good checkpoint: {run_dir / 'checkpoints' / 'global_step2'}" in result
+
+
+def test_batch_rampup_applies_every_step(tmp_path):
+    # 3 steps of 2 samples, then 4: DeepSpeed's own accumulation counter would put the boundary after the
+    # first micro-batch of the first bigger batch (an odd number of micro-steps so far), so every later
+    # step would end off the boundary, be reported as not applied and counted as skipped.
+    over = ["train.devices_per_node=1", "train.rampup.start=2", "train.rampup.increment=2",
+            "train.rampup.samples=6", "train.train_tokens=1024"]
+    result, output = launch(tmp_path / "run", over, nproc=1)
+    assert result == "done", output[-4000:]
+    steps = records(tmp_path / "run", "train")
+    assert steps and all(r["skipped"] == 0 for r in steps), steps
+    assert [r["step"] for r in steps][-1] == 3 + -(-(1024 // 32 - 6) // 4)  # 3 batches of 2, then of 4 to the end
+
+
+def test_zero_0_skips_a_non_finite_step_with_clipping_on(tmp_path):
+    # Without ZeRO graine drops the gradient itself; DeepSpeed's clipping (train.grad_clip=1) must not see
+    # the dropped gradients (it failed on an empty list), and the weights must not move.
+    run_dir = tmp_path / "run"
+    over = ["train.zero_stage=0", "train.grad_clip=1.0", "train.train_tokens=640", "checkpoint.interval=1",
+            "checkpoint.keep_last=10"]
+    result, output = launch(run_dir, over, faults={"nan_steps": [3]})
+    assert result == "done", output[-4000:]
+    assert "step 3 skipped" in output and records(run_dir)[-1]["skipped"] == 1
+    weights = [torch.load(run_dir / "checkpoints" / f"global_step{s}" / "mp_rank_00_model_states.pt",
+                          weights_only=False)["module"] for s in (2, 3, 4)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[1][k], weights[2][k]) for k in weights[0])
