@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from core.config import param
 from core.errors import DataError
-from core.fs import write_json
+from core.fs import fsync_dir, write_json
 from core.stage import Stage, Step, TaskContext
 from data_prep.indexed_dataset import IndexedDatasetWriter as Writer
 from data_prep.indexed_dataset import dtype_for_vocab, merge_datasets
@@ -153,6 +153,7 @@ def tokenize_step(ctx: TaskContext) -> None:
     # A task's parts appear all at once: the rename is the task's commit point.
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
+    fsync_dir(final.parent)
     ctx.log.info("preprocess task %d: documents [%d, %d) → %d datasets", ctx.rank, start, stop, len(writers.meta))
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import lineage
-from core.fs import write_atomic
+from core.fs import fsync_dir, write_atomic
 from core.lineage import check_inputs
 from core.signals import catch_stop_signals
 from core.stage import Stage, TaskContext
@@ -250,6 +250,7 @@ def publish(cfg: RunConfig, stage: Stage) -> str:
     if target.exists():
         os.replace(target, old)
     os.replace(staging, target)
+    fsync_dir(target.parent)  # the rename itself survives a crash of the node
     shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(paths.work, ignore_errors=True)
     log.info("published %s", target)
