@@ -16,6 +16,7 @@ from pipeline import registry, runner
 from pipeline.config import load_config
 from pipeline.status import stage_status
 from tests.support import toy_stages
+from tests.support.slurm_jobs import release_requeued
 
 pytestmark = pytest.mark.slurm
 
@@ -116,12 +117,9 @@ def test_preempted_job_requeues_through_submitit_and_resumes(toys, tmp_path, mon
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
 
     def restarts() -> int:
+        # Slurm holds a requeued job back for a while; release_requeued lets it start soon.
         out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
-        if "JobState=PENDING" in out:
-            # Slurm holds a requeued job back for a while; let it start now.
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
-        found = [w for w in out.split() if w.startswith("Restarts=")]
-        return int(found[0].split("=")[1]) if found else 0
+        return release_requeued(job, out, 0)
     wait_for(lambda: restarts() >= 1, 120, "submitit to requeue the job")
     wait_for(lambda: restarts() >= 0 and stage_status(cfg, "toy-count").state == "complete", 300,
              "the requeued job to finish")

@@ -41,12 +41,21 @@ def state(job: str) -> str:
 FAILED = r"JobState=(FAILED|CANCELLED|NODE_FAIL|OUT_OF_MEMORY|TIMEOUT|BOOT_FAIL|DEADLINE)"
 
 
+# When each (job, restart) was first seen pending: a requeued job is let start only some seconds after
+# its previous run ended. Started at once, slurmctld can place it while the nodes still hold the revoked
+# credential of that run, and kills it ("Killing non-startable batch job: Job credential revoked").
+_pending_since: dict[tuple[str, int], float] = {}
+REQUEUE_SETTLE_S = 5.0
+
+
 def release_requeued(job: str, info: str, restarts: int) -> int:
-    """Slurm holds a requeued job back (BeginTime) for a while; start it now. Returns the restarts seen."""
+    """Slurm holds a requeued job back (BeginTime) for a while; start it soon. Returns the restarts seen."""
     if m := re.search(r"Restarts=(\d+)", info):
         restarts = max(restarts, int(m.group(1)))
     if "JobState=PENDING" in info and restarts:
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        since = _pending_since.setdefault((job, restarts), time.time())
+        if time.time() - since >= REQUEUE_SETTLE_S:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
     return restarts
 
 
