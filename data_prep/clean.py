@@ -45,7 +45,7 @@ from tqdm import tqdm
 from core.config import RunConfigBase as RunConfig
 from core.config import param
 from core.errors import DataError
-from core.fs import write_atomic
+from core.fs import write_atomic, write_json
 from core.stage import Stage, Step, TaskContext, one_task
 from data_prep import clean_stats as report
 from data_prep.clean_steps import (
@@ -71,7 +71,7 @@ from data_prep.dedup import (
     verify,
 )
 from data_prep.filters import CodeFilter, code_params
-from data_prep.jsonl import JsonlWriter, LineWriter, dumps, read_jsonl, write_json, write_npy
+from data_prep.jsonl import JsonlWriter, LineWriter, dumps, read_jsonl, write_npy
 from data_prep.langid import LanguageIdentifier, check_languages
 from data_prep.minhash import MinHasher, band_hashes, is_cjk
 from data_prep.normalize import NormalizeConfig, Normalizer

@@ -19,7 +19,6 @@ import numpy as np
 import zstandard
 
 from core.fs import atomic_open
-from core.fs import write_json as write_json  # data_prep.clean imports it from here
 
 ZSTD_LEVEL = 3
 
@@ -96,11 +95,13 @@ class LineWriter(CompressedWriter):
         self._buffered += len(line)
         self.count += 1
         if self._buffered >= 1 << 20:
-            self._finish()
+            self._flush()
 
-    def _finish(self) -> None:
+    def _flush(self) -> None:
         self._stream.write(b"".join(self._buffer))
         self._buffer, self._buffered = [], 0
+
+    _finish = _flush
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:

@@ -18,7 +18,6 @@ import numpy as np
 
 from core import lineage
 from core.config import RunConfigBase as RunConfig
-from core.lineage import check_inputs
 from core.stage import Stage, Step, TaskContext
 from training.config import CheckpointConfig, ModelConfig, TrainConfig, validate
 
@@ -46,7 +45,7 @@ def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
     # publishes the cached indexes; the other ranks then map them read-only. A failure reaches every rank.
     with rank_zero_first("checking the inputs and building the sample index"):
         if ctx.rank == 0:
-            check_inputs({n: ctx.input_dir(n) for n in ("preprocess", "tokenizer")}, full=cfg.verify_inputs == "full")
+            lineage.check_inputs({n: ctx.input_dir(n) for n in ("preprocess", "tokenizer")}, full=cfg.verify_inputs == "full")
         train = BlendedSampleIndex(shards, cfg.train.seq_len, cfg.seed, split="train", num_samples=needed,
                                    tokenizer_dir=tokenizer)
         try:
