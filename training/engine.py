@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from core.errors import ConfigError
-from training.config import TrainConfig
+from training.config import ModelConfig, TrainConfig
 
 if TYPE_CHECKING:
     from training.model import BloomModel
 
 log = logging.getLogger("graine.engine")
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def ensure_cpu_accelerator() -> None:
@@ -70,6 +71,56 @@ def deepspeed_config(t: TrainConfig, world_size: int, global_batch_size: int) ->
         "steps_per_print": 1 << 30,  # graine logs its own metrics
         "wall_clock_breakdown": False,
     }
+
+
+def build_model(cfg: ModelConfig, t: TrainConfig, vocab_size: int, seed: int) -> BloomModel:
+    """The model of this config, initialised from `seed`, in the form DeepSpeed will train it.
+
+    Whatever the path, every parameter gets the same value (BloomModel.reset_parameters: one generator
+    per parameter, drawn in fp32 and rounded once to the training dtype), so a run's numbers do not
+    depend on the ZeRO stage it was built for:
+    - ZeRO-3: built under `deepspeed.zero.Init`, which partitions each module's parameters as soon as
+      the module exists; then each parameter in turn is gathered, set by rank 0 and scattered back
+      (`GatheredParameters(modifier_rank=0)`). A rank holds its partitions plus one whole parameter.
+    - ZeRO 0-2: built on the meta device (no memory), materialised once on the device DeepSpeed trains
+      on, directly in the training dtype: no fp32 copy of a bf16 model ever exists.
+    Weights loaded from elsewhere (HF or another run) are set on the model this returns.
+    """
+    from training.model import BloomModel, init_parameter
+
+    ensure_cpu_accelerator()
+    if t.zero_stage == 3:
+        import deepspeed
+        import torch.distributed as dist
+
+        # The dtype comes from the config's bf16/fp16 keys: DeepSpeed 0.19 ignores an explicit `dtype=`
+        # on accelerators without fp16 (CPUs) and builds in bf16 (operator precedence in Init._set_dtype).
+        with deepspeed.zero.Init(config_dict_or_path=zero_init_config(t)):
+            model = BloomModel(cfg, vocab_size, init=False)
+        for name, p in model.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                if dist.get_rank() == 0:
+                    init_parameter(cfg, name, p, seed)
+        return model
+    with torch.device("meta"):
+        model = BloomModel(cfg, vocab_size, init=False)
+    model = model.to(DTYPES[t.precision]).to_empty(device=train_device())
+    model.reset_parameters(seed)
+    return model
+
+
+def train_device() -> torch.device:
+    """Where DeepSpeed keeps this rank's module: its accelerator's current device."""
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
+def zero_init_config(t: TrainConfig) -> dict:
+    """What `deepspeed.zero.Init` reads of the engine's config (ZeRO-3 and the precision); the batch
+    keys are only there to satisfy DeepSpeed's config checks."""
+    return {"train_micro_batch_size_per_gpu": t.micro_batch_size, "zero_optimization": {"stage": 3},
+            "bf16": {"enabled": t.precision == "bf16"}, "fp16": {"enabled": t.precision == "fp16"}}
 
 
 def build_engine(model: BloomModel, t: TrainConfig, world_size: int, global_batch_size: int):

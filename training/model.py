@@ -19,6 +19,7 @@ chosen by `model.kernels` / `model.attention`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -86,7 +87,7 @@ class BloomModel(nn.Module):
     should follow input_ids[:, t], Megatron's convention); the model does not shift them.
     """
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, seed: int | None = None, init: bool = True):
         super().__init__()
         self.cfg = cfg
         try:
@@ -104,26 +105,23 @@ class BloomModel(nn.Module):
         self.ln_f = make_layer_norm(cfg.hidden_size, cfg.layer_norm_eps, self.kernels.layer_norm)
         # Recompute each block in backward instead of storing its activations (train.activation_checkpointing).
         self.activation_checkpointing = False
-        self.reset_parameters()
+        if init:  # off when built on the meta device or under zero.Init (training.engine.build_model)
+            self.reset_parameters(torch.initial_seed() if seed is None else seed)
         if cfg.compile:
             # Per block and in place: parameter names stay unchanged (no `_orig_mod.` prefix in checkpoints),
             # and one compiled graph serves every layer.
             for block in self.h:
                 block.compile()
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, seed: int) -> None:
         """Megatron's init, which BLOOM used: N(0, init_std) everywhere, output projections of the residual
-        branches scaled by 1/sqrt(2 * num_layers) so the residual stream's variance does not grow with depth."""
-        std = self.cfg.init_std
+        branches scaled by 1/sqrt(2 * num_layers) so the residual stream's variance does not grow with depth.
+
+        Each parameter is drawn from its own generator, seeded by (`seed`, its name) (`init_parameter`):
+        its values do not depend on the order parameters are created in, on the device, or on whether
+        the model is built whole, on the meta device or partitioned under ZeRO-3's zero.Init."""
         for name, p in self.named_parameters():
-            if name.endswith("layernorm.weight") or name.startswith("ln_f.weight"):
-                nn.init.ones_(p)
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif name.endswith(("self_attention.dense.weight", "dense_4h_to_h.weight")):
-                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.num_layers))
-            else:
-                nn.init.normal_(p, 0.0, std)
+            init_parameter(self.cfg, name, p, seed)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         x = self.word_embeddings_layernorm(self.word_embeddings(input_ids))
@@ -147,12 +145,12 @@ class BloomModel(nn.Module):
         """AdamW groups: matrices (projections, embeddings) decay; biases and LayerNorm parameters do not."""
         decay, no_decay = [], []
         for p in self.parameters():  # parameters() yields the tied embedding once
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
+            if p.requires_grad:  # ZeRO-3 partitions keep the parameter's shape in ds_shape
+                (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters())
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs (forward + backward) per token, for TFLOP/s and MFU:
@@ -169,3 +167,28 @@ class BloomModel(nn.Module):
         """
         L, h, V = self.cfg.num_layers, self.cfg.hidden_size, self.padded_vocab_size
         return 6.0 * (12 * L * h * h + V * h) + 12.0 * L * h * seq_len
+
+
+def parameter_seed(seed: int, name: str) -> int:
+    """The seed of parameter `name`'s generator: a hash, so that neighbouring run seeds or names give
+    unrelated streams."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1
+
+
+def initial_value(cfg: ModelConfig, name: str, shape: torch.Size | tuple[int, ...], seed: int) -> torch.Tensor:
+    """Parameter `name`'s initial value in fp32 on the CPU (its own generator: see reset_parameters)."""
+    if name.endswith("layernorm.weight") or name.startswith("ln_f.weight"):
+        return torch.ones(shape)
+    if name.endswith("bias"):
+        return torch.zeros(shape)
+    std = cfg.init_std
+    if name.endswith(("self_attention.dense.weight", "dense_4h_to_h.weight")):
+        std /= math.sqrt(2 * cfg.num_layers)
+    generator = torch.Generator().manual_seed(parameter_seed(seed, name))
+    return torch.empty(shape).normal_(0.0, std, generator=generator)
+
+
+@torch.no_grad()
+def init_parameter(cfg: ModelConfig, name: str, p: torch.Tensor, seed: int) -> None:
+    """Set `p` (any device and dtype) to its initial value, drawn in fp32 then rounded once."""
+    p.copy_(initial_value(cfg, name, p.shape, seed))

@@ -60,25 +60,27 @@ def build_data(ctx: TaskContext) -> tuple[TrainData, int]:
 
 
 def build_model(cfg: RunConfig, vocab_size: int) -> torch.nn.Module:
-    import torch
+    """The initial model for the run's ZeRO stage and precision (training.engine.build_model)."""
+    from training.engine import build_model
 
-    from training.model import BloomModel
-
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    return BloomModel(cfg.model, vocab_size)
+    return build_model(cfg.model, cfg.train, vocab_size, cfg.seed)
 
 
 def train_step(ctx: TaskContext, hooks: TrainHooks | None = None) -> str:
     """The stage's step on this rank; `hooks` are tests' seams into the loop (training.trainer.TrainHooks)."""
+    import torch
+
     from training.distributed import init_process_group, launch_env
     from training.engine import ensure_cpu_accelerator
     from training.trainer import Trainer, TrainHooks
 
     ensure_cpu_accelerator()
-    # Python's and numpy's streams are seeded too (torch's is, for the weights, in build_model), per rank:
-    # their states are saved in every checkpoint, which two runs of one config then write alike.
+    # Python's and numpy's streams are seeded per rank, torch's alike on every rank (the weights draw from
+    # generators of their own, see build_model): their states are saved in every checkpoint, which two
+    # runs of one config then write alike.
     random.seed(ctx.cfg.seed + ctx.rank)
     np.random.seed(ctx.cfg.seed + ctx.rank)
+    torch.manual_seed(ctx.cfg.seed)
     # The process group exists before the data and DeepSpeed: DeepSpeed adopts it as it is.
     init_process_group(launch_env(), ctx.cfg.train.dist_timeout_min)
     data, vocab_size = build_data(ctx)

@@ -4,7 +4,7 @@ As a module (`python -m tests.support.train_harness SPEC`, one process per rank,
 on PYTHONPATH): builds a TaskContext from a JSON spec and calls
 `training.pretrain.train_step(ctx, hooks)`, the hooks made from the spec's "faults" (train_faults). The
 data is a deterministic synthetic token stream (a noisy Markov chain, so the loss can fall) instead of
-the preprocess stage's sample index; the model is a small `training.model.BloomModel`.
+the preprocess stage's sample index; the model is a small one, built by the stage itself.
 
 From tests: `launch(...)` starts it (`faults={...}` injects train_faults' faults) and `losses(...)` reads
 the per-step losses it logged.
@@ -81,13 +81,7 @@ def worker(spec_path: str, on_exit=None, hooks: dict | None = None) -> None:
                          {"tokenizer": "synthetic", "preprocess": "synthetic"})
         return data, vocab
 
-    def build_model(cfg, vocab):
-        from training.model import BloomModel
-
-        torch.manual_seed(cfg.seed)
-        return BloomModel(cfg.model, vocab)
-
-    pretrain.build_data, pretrain.build_model = build_data, build_model
+    pretrain.build_data = build_data  # the model is the stage's own (training.engine.build_model)
     ctx = TaskContext(cfg, "pretrain", "train", rank, world, out_dir=Path(cfg.run_dir) / "pretrain",
                       work_dir=Path(cfg.run_dir) / ".work")
     code = 0
