@@ -38,8 +38,8 @@ class SyntheticTokens:
                  pathological: tuple[int, int] | None = None):
         self.n, self.seq_len, self.seed, self.vocab = num_samples, seq_len, seed, vocab
         self.bad = tuple(pathological) if pathological else None
-        self.fingerprint = hashlib.sha256(f"synthetic:{num_samples}:{seq_len}:{seed}:{vocab}"
-                                          f"{':bad=%s' % (self.bad,) if self.bad else ''}".encode()).hexdigest()[:16]
+        bad = f":bad={self.bad}" if self.bad else ""
+        self.fingerprint = hashlib.sha256(f"synthetic:{num_samples}:{seq_len}:{seed}:{vocab}{bad}".encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
         return self.n
