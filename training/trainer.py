@@ -7,7 +7,8 @@ boundaries, so ranks never disagree about what happens next.
 Where reductions run: the stop flags are host values and go through the group's CPU backend (gloo),
 with no device sync; losses stay on the device (all-reduced there, NCCL on GPUs) and are read to the
 host once per log interval, at a checkpoint and at the end. So a step costs no host sync of its own
-beyond what DeepSpeed's optimizer does.
+beyond what DeepSpeed's optimizer does, unless loss spikes are watched (train.spike.action other than
+off: the loss, and with ZeRO 1-3 the gradient norm, are read once per step).
 
 The training state is kept by its owners, each with state_dict()/load_state_dict(): TrainState (step,
 tokens, last loss and rates), the data loader (samples consumed, sample-index fingerprint, the ramp-up's
