@@ -60,6 +60,8 @@ def test_rollback_skips_the_bad_samples_and_rejoins_a_clean_run(rolled_back, tmp
     assert records(rolled_back)[-1]["rollbacks"] == 1 and records(rolled_back)[-1]["spike_skips"] == 3
     status = summary(rolled_back / "pretrain")
     assert "spike event: step 27 rollback" in status and "skipped samples [96, 116]" in status
+    tensorboard = b"".join(p.read_bytes() for p in (rolled_back / "logs" / "tensorboard").glob("*tfevents*"))
+    assert b"events/rollback" in tensorboard and b"train/rollbacks" in tensorboard
 
     # The same data with the range skipped by hand, no spike handling: from step 25 on (the rollback run's
     # 28), the same samples at the same weights, optimizer state and LR, so the same losses bit for bit.
@@ -81,6 +83,24 @@ def test_without_spike_handling_the_noise_shows_in_the_metrics(rolled_back, tmp_
     assert curve[24] == handled[24]  # the same run up to the noise
     assert min(curve[s] for s in range(25, 29)) > max(curve[s] for s in range(17, 25)) + 0.5
     assert not read_events(run_dir) and "spikes" not in records(run_dir)[-1]
+
+
+def test_skip_without_rollback_drops_the_updates_then_stops(tmp_path):
+    # ZeRO 0: graine drops the poisoned gradient itself. The three spikes persist, which skip cannot cure.
+    run_dir = tmp_path / "run"
+    over = [*BASE, "train.zero_stage=0", "checkpoint.interval=1", "checkpoint.keep_last=2",
+            *(o for o in SPIKE if "action" not in o), "train.spike.action=skip"]
+    result, output = launch(run_dir, over, pathological=BAD)
+    assert result.startswith("error: StageError: loss spikes persist at step 27"), output[-4000:]
+    assert "train.spike.action=skip does not roll back" in result and "global_step24" in result
+    assert [(e["kind"], e["step"]) for e in read_events(run_dir)] == [("skip", 25), ("skip", 26), ("skip", 27),
+                                                                     ("stop", 27)]
+    # Retention kept global_step24 (the checkpoint before the spikes) beyond keep_last=2; 25 and 26 hold
+    # its very weights: their updates were dropped.
+    steps = sorted(int(p.name.removeprefix("global_step")) for p in (run_dir / "checkpoints").glob("global_step*"))
+    assert steps == [24, 25, 26]
+    weights = [final_weights(run_dir, s) for s in steps]
+    assert all(torch.equal(weights[0][k], w[k]) for w in weights[1:] for k in weights[0])
 
 
 def _wait_for_rollback(run_dir: Path, proc, timeout: float = 150) -> None:
