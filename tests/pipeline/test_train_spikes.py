@@ -24,6 +24,7 @@ from training.spikes import read_events
 
 pytestmark = pytest.mark.slow
 
+TIMEOUT = 300  # seconds a 40-step run may take on 2 busy cores (about 60 unloaded)
 STEPS, BAD = 40, [96, 112]  # 4 samples of 32 tokens a step: the noise is steps 25-28's data
 BASE = [f"train.train_tokens={STEPS * 128}", f"train.decay_tokens={STEPS * 128}", "train.eval_interval=0",
         "train.zero_stage=1", "checkpoint.interval=4", "checkpoint.keep_last=2"]
@@ -39,7 +40,7 @@ def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def rolled_back(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("spikes") / "rollback"
-    result, output = launch(run_dir, BASE + SPIKE, pathological=BAD)
+    result, output = launch(run_dir, BASE + SPIKE, pathological=BAD, timeout=TIMEOUT)
     assert result == "done", output[-4000:]
     return run_dir
 
@@ -66,7 +67,7 @@ def test_rollback_skips_the_bad_samples_and_rejoins_a_clean_run(rolled_back, tmp
     # The same data with the range skipped by hand, no spike handling: from step 25 on (the rollback run's
     # 28), the same samples at the same weights, optimizer state and LR, so the same losses bit for bit.
     by_hand = tmp_path / "by-hand"
-    result, output = launch(by_hand, BASE + ["train.skip_samples=[[96, 116]]"], pathological=BAD)
+    result, output = launch(by_hand, BASE + ["train.skip_samples=[[96, 116]]"], pathological=BAD, timeout=TIMEOUT)
     assert result == "done", output[-4000:]
     clean = losses(by_hand)
     assert max(clean.values()) == clean[1] and not read_events(by_hand)  # no spike on the way
@@ -77,7 +78,7 @@ def test_rollback_skips_the_bad_samples_and_rejoins_a_clean_run(rolled_back, tmp
 
 def test_without_spike_handling_the_noise_shows_in_the_metrics(rolled_back, tmp_path):
     run_dir = tmp_path / "off"
-    result, output = launch(run_dir, BASE, pathological=BAD)
+    result, output = launch(run_dir, BASE, pathological=BAD, timeout=TIMEOUT)
     assert result == "done", output[-4000:]
     curve, handled = losses(run_dir), losses(rolled_back)
     assert curve[24] == handled[24]  # the same run up to the noise
@@ -90,7 +91,7 @@ def test_skip_without_rollback_drops_the_updates_then_stops(tmp_path):
     run_dir = tmp_path / "run"
     over = [*BASE, "train.zero_stage=0", "checkpoint.interval=1", "checkpoint.keep_last=2",
             *(o for o in SPIKE if "action" not in o), "train.spike.action=skip"]
-    result, output = launch(run_dir, over, pathological=BAD)
+    result, output = launch(run_dir, over, pathological=BAD, timeout=TIMEOUT)
     assert result.startswith("error: StageError: loss spikes persist at step 27"), output[-4000:]
     assert "train.spike.action=skip does not roll back" in result and "global_step24" in result
     assert [(e["kind"], e["step"]) for e in read_events(run_dir)] == [("skip", 25), ("skip", 26), ("skip", 27),
@@ -109,7 +110,8 @@ def _wait_for_rollback(run_dir: Path, proc, timeout: float = 150) -> None:
         if any(e["kind"] == "rollback" for e in read_events(run_dir)):
             return
         time.sleep(0.1)
-    pytest.fail(f"no rollback event before the kill\n{proc.stdout.read()[-3000:] if proc.poll() is not None else ''}")
+    kill_9(proc)
+    pytest.fail(f"no rollback event within {timeout} s\n{proc.stdout.read()[-3000:]}")
 
 
 def test_kill_9_inside_the_rollback_resumes_onto_the_same_trajectory(rolled_back, tmp_path):
@@ -123,7 +125,7 @@ def test_kill_9_inside_the_rollback_resumes_onto_the_same_trajectory(rolled_back
         kill_9(proc)
         assert read_latest(run_dir / "checkpoints") == "global_step24"
         (run_dir / "logs" / "events.jsonl").write_text("")  # so the next attempt's rollback is awaited anew
-    result, output = launch(run_dir, BASE + SPIKE, pathological=BAD)
+    result, output = launch(run_dir, BASE + SPIKE, pathological=BAD, timeout=TIMEOUT)
     assert result == "done", output[-4000:]
     assert "resumed from" in output and "global_step24" in output
     assert losses(run_dir) == losses(rolled_back)  # every step, bitwise
