@@ -127,6 +127,7 @@ class Checkpointer:
         self.hooks = hooks
         self.rank, self.world = _world()
         self.last_saved: int | None = None  # the step saved or resumed from last, by this process
+        self.protect: set[int] = set()  # steps retention keeps besides its own choice (a rollback's target)
 
     def should_save(self, step: int) -> bool:
         """Whether the step just trained is one of the periodic checkpoints (every `interval` steps)."""
@@ -155,7 +156,7 @@ class Checkpointer:
         final = self.dir / tag
         self._phase("publish", lambda: self._publish(tmp, final, entries) if self.rank == 0 else None, step)
         if self.rank == 0:
-            prune(self.dir, self.keep_last, self.keep_every, protect={step})
+            prune(self.dir, self.keep_last, self.keep_every, protect={step} | self.protect)
         if self.world > 1:
             dist.barrier()
         self.last_saved = step
@@ -288,8 +289,9 @@ class Checkpointer:
         if problems:
             raise safe_load.UnsafeCheckpointError(safe_load.refusal_of(folder, problems))
 
-    def load(self, engine) -> CheckpointState | None:
-        """Restore engine, optimizer and this rank's RNG from the newest valid checkpoint.
+    def load(self, engine, folder: Path | None = None) -> CheckpointState | None:
+        """Restore engine, optimizer and this rank's RNG from the newest valid checkpoint, or from
+        `folder` (a rollback's: CheckpointError when it does not verify).
 
         Every pickle DeepSpeed will load is checked first (check_safe), and graine's own RNG file is read with
         weights_only=True: a checkpoint whose files could run code is refused, naming the file and global.
@@ -297,7 +299,9 @@ class Checkpointer:
         Returns graine's saved state (whose `raw` the training components load), or None when there is
         nothing to resume from.
         """
-        folder = self.find_valid()
+        if folder is not None and (why := self._verify_everywhere(folder)):
+            raise CheckpointError(f"{folder} is not valid ({why}); it cannot be reloaded")
+        folder = folder or self.find_valid()
         if folder is None:
             return None
         # Same world size: DeepSpeed's own load. Another one: the step's universal conversion.

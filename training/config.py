@@ -10,6 +10,7 @@ from typing import Literal
 from core.config import RunConfigBase, param
 from core.errors import ConfigError
 from training.presets import PRESETS
+from training.spikes import SkipRanges, SpikeConfig
 
 
 @dataclass(kw_only=True)
@@ -96,6 +97,9 @@ class TrainConfig:
     exit_duration_min: float = param(0.0, ge=0.0, help="save and stop after this many minutes of wall clock; 0 disables")
     kill_switch_file: str = param("", help="save and stop when this file appears (default: <run_dir>/KILL)")
     max_skipped_steps: int = param(5, ge=1, help="consecutive non-finite steps that stop the run")
+    spike: SpikeConfig = param(default_factory=SpikeConfig)
+    skip_samples: list[list[int]] = param(default_factory=list, help="ranges [start, end) of positions in the global "
+                                          "sample order never trained on, e.g. '[[1000, 1500]]' (README: Loss spikes)")
     dist_timeout_min: float = param(30.0, gt=0.0, help="minutes a collective may wait for a peer before the job "
                                     "fails (a checkpoint save on a slow filesystem must fit in it)")
 
@@ -105,6 +109,7 @@ class TrainConfig:
                               f"train.micro_batch_size={self.micro_batch_size}")
         if self.rampup.start and self.rampup.start % self.micro_batch_size:
             raise ConfigError(f"train.rampup.start={self.rampup.start} is not a multiple of train.micro_batch_size")
+        SkipRanges.from_config(self.skip_samples)
 
 
 @dataclass(kw_only=True)

@@ -5,6 +5,11 @@ batch ramp-up and start_g is the number of samples consumed before it. Rank r ta
 slice of B_g / world_size samples and cuts it into micro-batches. So the data a run sees depends only
 on the sample index and the ramp-up, never on the number of ranks or the micro-batch size, and a
 checkpoint only needs `consumed_samples` to continue the same order, on any number of ranks.
+
+Skipped samples (`train.skip_samples`, a spike's rollback: training.spikes.SkipRanges) are positions of
+that order left out: a global batch is then the next B_g positions not skipped, from `position` (the
+loader's cursor, equal to consumed_samples until something is skipped). The ramp-up follows the samples
+trained, not the cursor.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 
 from core.errors import DataError
 from training.schedule import BatchRampup
+from training.spikes import SkipRanges
 
 log = logging.getLogger("graine.data")
 
@@ -48,6 +54,8 @@ class GlobalBatchLoader:
         self.index, self.rampup = index, rampup
         self.micro, self.rank, self.world = micro_batch_size, rank, world_size
         self.consumed_samples = consumed_samples
+        self.position = consumed_samples  # the next position of the global order that may be trained
+        self.skips = SkipRanges()  # set by the trainer: the config's ranges and the rollbacks'
         self._warned_epoch = False
 
     def global_batch_size(self) -> int:
@@ -67,15 +75,15 @@ class GlobalBatchLoader:
         """This rank's micro-batches of the next global batch; advances `consumed_samples`."""
         size = self.global_batch_size()
         per_rank = size // self.world
-        first = self.consumed_samples + self.rank * per_rank
-        samples = [self._sample(first + i) for i in range(per_rank)]
+        order, self.position = self.skips.take(self.position, size)
+        samples = [self._sample(i) for i in order[self.rank * per_rank:(self.rank + 1) * per_rank]]
         self.consumed_samples += size
         return [to_batch(samples[i:i + self.micro]) for i in range(0, per_rank, self.micro)]
 
     def state_dict(self) -> dict:
         """The data position, the order it indexes, and the ramp-up's batch size there (the next step's)."""
-        return {"consumed_samples": self.consumed_samples, "fingerprint": self.index.fingerprint,
-                "global_batch_size": self.global_batch_size()}
+        return {"consumed_samples": self.consumed_samples, "sample_position": self.position,
+                "fingerprint": self.index.fingerprint, "global_batch_size": self.global_batch_size()}
 
     def load_state_dict(self, state: dict, override_hint: str = "") -> None:
         """Continue the saved order at its position; DataError when this run builds another order."""
@@ -85,6 +93,7 @@ class GlobalBatchLoader:
                 f"{self.index.fingerprint}: {override_hint or 'the data, train.seq_len or seed changed'}; "
                 "undo that change, or start a new run_dir")
         self.consumed_samples = int(state["consumed_samples"])
+        self.position = int(state.get("sample_position", self.consumed_samples))
         saved_batch = state.get("global_batch_size")
         if saved_batch is not None and saved_batch != self.global_batch_size():
             log.info("the global batch at sample %d is %d, the checkpoint's was %d: train.global_batch_size or "

@@ -109,6 +109,11 @@ class MetricsLogger:
                     self.writer.add_scalar(f"{kind}/{key}", value, step)
         log.info("%s step %d | %s", kind, step, format_values(values))
 
+    def event(self, record: dict) -> None:
+        """An event of the run (a loss spike, a rollback: training.spikes) as TensorBoard text."""
+        if self.writer is not None:
+            self.writer.add_text(f"events/{record['kind']}", json.dumps(record), record["step"])
+
     def close(self) -> None:
         if self.file is not None:
             self.file.close()

@@ -95,6 +95,7 @@ def summary(out_dir: Path) -> str:
     """The finished run's result, or, while it trains or waits to resume, its last checkpoint and metrics."""
     from checkpoints.checkpointer import latest_checkpoint_info
     from training.metrics import last_metrics
+    from training.spikes import describe_event, read_events
 
     info = latest_checkpoint_info(out_dir.parent) or {}
     try:
@@ -117,6 +118,7 @@ def summary(out_dir: Path) -> str:
         lines.append(f"last metrics: step {last['step']}, loss {last['loss']:.4f}, lr {last['lr']:.3g}, "
                      f"grad norm {last.get('grad_norm', float('nan')):.3g}, {last.get('tokens_per_s', 0):,.0f} tokens/s"
                      + (f", MFU {last['mfu']:.1%}" if last.get("mfu") else ""))
+    lines += [f"spike event: {describe_event(e)}" for e in read_events(out_dir.parent)[-3:]]  # the last three
     return "\n".join(lines)
 
 

@@ -7,11 +7,13 @@ boundaries, so ranks never disagree about what happens next.
 Where reductions run: the stop flags are host values and go through the group's CPU backend (gloo),
 with no device sync; losses stay on the device (all-reduced there, NCCL on GPUs) and are read to the
 host once per log interval, at a checkpoint and at the end. So a step costs no host sync of its own
-beyond what DeepSpeed's optimizer does.
+beyond what DeepSpeed's optimizer does, unless loss spikes are watched (train.spike.action other than
+off: the loss, and with ZeRO 1-3 the gradient norm, are read once per step).
 
 The training state is kept by its owners, each with state_dict()/load_state_dict(): TrainState (step,
 tokens, last loss and rates), the data loader (samples consumed, sample-index fingerprint, the ramp-up's
-batch there), the LR schedule (its position) and SkipGuard (steps skipped). `checkpoint_state()` composes
+batch there), the LR schedule (its position), SkipGuard (steps skipped) and SpikePolicy (loss spikes: counts,
+skipped sample ranges, rollbacks; training/spikes.py). `checkpoint_state()` composes
 them into graine_state.json; `resume()` hands each its part of what checkpoints.layout.read_state read.
 When to log, evaluate and save is asked of the metrics logger, the evaluator and the checkpointer.
 
@@ -50,6 +52,7 @@ from training.data_loader import GlobalBatchLoader, SampleIndex, validation_batc
 from training.engine import build_engine, set_lr
 from training.metrics import MetricsLogger, Throughput, device_name, memory_gb, peak_tflops
 from training.schedule import BatchRampup, LRSchedule
+from training.spikes import EventLog, SkipRanges, SpikePolicy
 
 log = logging.getLogger("graine.train")
 
@@ -215,6 +218,9 @@ class Trainer:
                                          hooks.save)
         self.skips = SkipGuard(self.t.max_skipped_steps, self.checkpointer.dir)
         self.metrics = MetricsLogger(run_dir / "logs", self.rank, interval=self.t.log_interval)
+        self.spikes = SpikePolicy(self.t.spike, EventLog(run_dir / "logs", self.rank, self.metrics.event))
+        self.loader.skips = SkipRanges.from_config(self.t.skip_samples)
+        self.rollback_due = False  # the last step's spikes persist: roll back before going on
         # Relative to the run directory, so every rank on every node looks at the same file.
         self.kill_file = Path(run_dir) / (self.t.kill_switch_file or "KILL")
         self.evaluator = Evaluator(validation_batches(data.valid, self.t.eval_iters, self.t.global_batch_size,
@@ -234,6 +240,8 @@ class Trainer:
         self.state.load_state_dict(saved.raw)
         self.lr.load_state_dict(saved.raw["lr_schedule"])
         self.skips.load_state_dict(saved.raw)
+        self.spikes.load_state_dict(saved.raw.get("spikes") or {}, saved.step)
+        self.loader.skips = SkipRanges.from_config(self.t.skip_samples) | self.spikes.ranges
         log.info("resumed from %s: step %d, %d samples, %d tokens", saved.folder, self.state.step,
                  self.loader.consumed_samples, self.state.consumed_tokens)
 
@@ -250,16 +258,20 @@ class Trainer:
             loss, grad_norm, lr, skipped = self.train_step()
             step = self.state.step
             throughput.add(batch, batch * self.t.seq_len)
-            if not skipped:
+            if not skipped or self.spikes.skipping:  # a skipped spike's loss is shown, not kept
                 interval_losses.append(loss)
+            if not skipped:
                 self.state.loss = loss
             if self.metrics.should_log(step):
                 self.log_metrics(interval_losses, grad_norm, lr, throughput)
                 interval_losses = []
                 throughput.reset()
-            if self.evaluator.should_eval(step):
+            if self.rollback_due:
+                self.roll_back(step)
+                interval_losses = []
+            elif self.evaluator.should_eval(step):
                 self.evaluate()
-            if self.checkpointer.should_save(step):
+            if self.checkpointer.should_save(step) and self.checkpointer.last_saved != step:
                 self.save()
             self.hooks.after_step(step)
         if self.checkpointer.last_saved != self.state.step:
@@ -299,21 +311,30 @@ class Trainer:
             self.engine.set_train_batch_size(global_batch)
         micro_batches = self.loader.next_batch()
         step = self.state.advance(global_batch * self.t.seq_len)
-        lr = self.lr.step(self.state.consumed_tokens)
+        lr = self.lr.step(self.state.consumed_tokens) * self.spikes.lr_scale(self.loader.consumed_samples - global_batch)
         set_lr(self.optimizer, lr)
 
         # -- forward and backward of each micro-batch; DeepSpeed steps at the last one
         self.engine.train()
         device = self.engine.device
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        mean_loss = host_loss = None
         for i, (input_ids, labels) in enumerate(micro_batches):
             # The boundary is the last micro-batch of this global batch, said explicitly: DeepSpeed's own
             # rule (micro-steps so far modulo the accumulation) falls elsewhere once the ramp-up has
             # changed the accumulation after an odd number of micro-steps.
             self.engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
             loss = self.hooks.on_loss(step, self.engine(input_ids.to(device), labels=labels.to(device)))
-            self.engine.backward(loss)
             loss_sum += loss.detach().double()
+            if self.spikes.active and i == len(micro_batches) - 1:
+                # The step's loss is known before its update: a spike's update is dropped by making its
+                # gradient non-finite, which the non-finite path below (ZeRO 0) or DeepSpeed's ZeRO
+                # optimizer then skips whole (weights and Adam moments untouched). One host read per step.
+                mean_loss = self._mean_loss(loss_sum, len(micro_batches))
+                host_loss = float(mean_loss)
+                if self.spikes.before_update(step, host_loss):
+                    loss = loss * float("nan")
+            self.engine.backward(loss)
             drop = False
             if i == len(micro_batches) - 1:
                 grad_norm = self._zero0_grad_norm()
@@ -330,16 +351,26 @@ class Trainer:
         # -- the mean loss over all ranks, kept on the device. A non-finite loss makes a non-finite
         # gradient: DeepSpeed's ZeRO optimizer then skips the update (was_step_applied), and without
         # ZeRO the loop above drops it; every rank sees the same reduced gradient norm.
-        totals = torch.stack([loss_sum, torch.full((), float(len(micro_batches)), dtype=torch.float64, device=device)])
-        if self.world > 1:
-            dist.all_reduce(totals)
-        loss = totals[0] / totals[1]
+        loss = mean_loss if mean_loss is not None else self._mean_loss(loss_sum, len(micro_batches))
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
         skipped = not self.engine.was_step_applied() or (
             isinstance(grad_norm, float) and not math.isfinite(grad_norm))
-        self.skips.record(step, skipped, loss, grad_norm)
+        self.skips.record(step, skipped and not self.spikes.skipping, loss, grad_norm)
+        self.rollback_due = False
+        if self.spikes.active and not (skipped and not self.spikes.skipping):
+            where = {"tokens": self.state.consumed_tokens, "samples": self.loader.consumed_samples}
+            norm = None if self.spikes.skipping else _to_float(grad_norm)
+            self.rollback_due = self.spikes.after_update(step, host_loss, norm, where) == "rollback"
         return loss, grad_norm, lr, skipped
+
+    def _mean_loss(self, loss_sum: torch.Tensor, micro_batches: int) -> torch.Tensor:
+        """The mean loss over all ranks' micro-batches, on the device."""
+        totals = torch.stack([loss_sum, torch.full((), float(micro_batches), dtype=torch.float64,
+                                                   device=loss_sum.device)])
+        if self.world > 1:
+            dist.all_reduce(totals)
+        return totals[0] / totals[1]
 
     def _zero0_grad_norm(self) -> float | None:
         """The global gradient norm without ZeRO (the gradients are all-reduced by now), None with ZeRO
@@ -358,7 +389,7 @@ class Trainer:
         values = {"loss": float(np.mean(host)) if host else float("nan"), "lr": lr,
                   "grad_norm": grad_norm if grad_norm is not None else float("nan"),
                   "global_batch": self.loader.global_batch_size(), "tokens": self.state.consumed_tokens,
-                  "skipped": self.skips.skipped, **rates, "mem_gb": memory_gb()}
+                  "skipped": self.skips.skipped, **self.spikes.metrics(), **rates, "mem_gb": memory_gb()}
         self.metrics.log(self.state.step, values)
 
     def evaluate(self) -> float:
@@ -371,10 +402,26 @@ class Trainer:
         """graine_state.json of a save now: each component's state, and the upstream outputs the data
         came from (the checkpointer adds the world size and the time)."""
         return {**self.state.state_dict(), **self.loader.state_dict(), "lr_schedule": self.lr.state_dict(),
-                **self.skips.state_dict(), "lineage": self.data.lineage}
+                **self.skips.state_dict(), "spikes": self.spikes.state_dict(), "lineage": self.data.lineage}
 
     def save(self) -> None:
+        self.checkpointer.protect = self.spikes.before_save(self.state.step)
         self.checkpointer.save(self.engine, self.state.step, self.checkpoint_state(), self.cfg.to_yaml())
+
+    def roll_back(self, step: int) -> None:
+        """Spikes persist (SpikePolicy decided it, on every rank alike): reload the last checkpoint saved
+        before they began, skip the samples consumed since (plus the margin), keep the step count, and
+        save at once, so a kill from here on resumes onto this same trajectory."""
+        position, where = self.loader.position, {"tokens": self.state.consumed_tokens,
+                                                 "samples": self.loader.consumed_samples}
+        saved = self.checkpointer.load(self.engine, self.checkpointer.dir / f"global_step{self.spikes.anchor}")
+        self.loader.load_state_dict(saved.raw)
+        self.state.load_state_dict(saved.raw)
+        self.state.step = step  # steps count on: names and metrics stay unique
+        self.lr.load_state_dict(saved.raw["lr_schedule"])
+        self.spikes.rolled_back(step, saved.raw, self.loader.position, position, where, self.loader.consumed_samples)
+        self.loader.skips = SkipRanges.from_config(self.t.skip_samples) | self.spikes.ranges
+        self.save()
 
     def write_result(self, reason: str) -> None:
         if self.rank != 0:

@@ -7,7 +7,7 @@ TorchDispatchMode counts `_local_scalar_dense` while each `Trainer.train_step` a
 runs (logging, evaluation and checkpoint steps are excluded by the config: intervals beyond the run).
 Every call is counted, DeepSpeed's own included.
 
-    .venv/bin/python tests/benchmarks/count_syncs.py [--zero-stage 1] [--steps 12]
+    .venv/bin/python tests/benchmarks/count_syncs.py [--zero-stage 1] [--steps 12] [--set train.spike.action=rollback]
     .venv/bin/python -m tests.benchmarks.count_syncs [...]           (the same, from the repository root)
 
 Prints one line per configuration; tests/pipeline/test_syncs.py runs it with a bound.
@@ -76,7 +76,7 @@ def worker(spec: dict) -> None:
     train_harness.worker(str(spec_file), on_exit=lambda: Path(spec["out"]).write_text(json.dumps(dict(counts))))
 
 
-def measure(zero_stage: int, steps: int) -> dict[int, Counter]:
+def measure(zero_stage: int, steps: int, extra: list[str] = ()) -> dict[int, Counter]:
     """{step: {whose: scalar reads during that step and the stop check after it}}, from a fresh process."""
     from tests.support import train_harness
 
@@ -84,7 +84,7 @@ def measure(zero_stage: int, steps: int) -> dict[int, Counter]:
         run_dir, out = Path(tmp) / "run", Path(tmp) / "counts.json"
         overrides = [f"train.zero_stage={zero_stage}", f"train.train_tokens={steps * 4 * 32}",
                      f"train.decay_tokens={steps * 4 * 32}", "train.log_interval=100000", "train.eval_interval=0",
-                     "checkpoint.interval=100000"]
+                     "checkpoint.interval=100000", *extra]
         spec = train_harness.write_spec(run_dir, overrides, nproc=1)
         spec.rename(Path(tmp) / "spec.json")
         env = train_harness.env({"GRAINE_COUNT_SYNCS": json.dumps({"run_dir": str(run_dir), "out": str(out)})})
@@ -108,19 +108,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--zero-stage", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. train.spike.action=rollback")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(json.loads(os.environ["GRAINE_COUNT_SYNCS"]))
         return
     for stage in args.zero_stage:
-        counts = measure(stage, args.steps)
+        counts = measure(stage, args.steps, args.set)
         steady = range(2, args.steps + 1)  # step 1 warms DeepSpeed up
         parts = []
         for owner in ("graine", "deepspeed", "torch.optim"):
             per = [counts.get(s, Counter())[owner] for s in steady]
             parts.append(f"{owner} max {max(per)} (mean {sum(per) / len(per):.2f})")
-        print(f"ZeRO {stage}, host scalar reads per optimizer step (train step + stop check, steps 2..{args.steps}, "
+        print(f"ZeRO {stage}{' ' + ' '.join(args.set) if args.set else ''}, host scalar reads per optimizer step (train step + stop check, steps 2..{args.steps}, "
               f"no logging/eval/save steps): " + ", ".join(parts))
 
 

@@ -4,7 +4,8 @@ As a module (`python -m tests.support.train_harness SPEC`, one process per rank,
 on PYTHONPATH): builds a TaskContext from a JSON spec and calls
 `training.pretrain.train_step(ctx, hooks)`, the hooks made from the spec's "faults" (train_faults). The
 data is a deterministic synthetic token stream (a noisy Markov chain, so the loss can fall) instead of
-the preprocess stage's sample index; the model is a small one, built by the stage itself.
+the preprocess stage's sample index; the model is a small one, built by the stage itself. The spec's
+"pathological": [start, end] makes those samples noise (uniform random tokens): the loss spikes on them.
 
 From tests: `launch(...)` starts it (`faults={...}` injects train_faults' faults) and `losses(...)` reads
 the per-step losses it logged.
@@ -29,17 +30,23 @@ VOCAB = 96
 
 
 class SyntheticTokens:
-    """Sample i is generated from seed (base, i): the same sample whoever asks for it."""
+    """Sample i is generated from seed (base, i): the same sample whoever asks for it. Samples in
+    `pathological` [start, end) are uniform random tokens instead of the chain."""
 
-    def __init__(self, num_samples: int, seq_len: int, seed: int, vocab: int = VOCAB):
+    def __init__(self, num_samples: int, seq_len: int, seed: int, vocab: int = VOCAB,
+                 pathological: tuple[int, int] | None = None):
         self.n, self.seq_len, self.seed, self.vocab = num_samples, seq_len, seed, vocab
-        self.fingerprint = hashlib.sha256(f"synthetic:{num_samples}:{seq_len}:{seed}:{vocab}".encode()).hexdigest()[:16]
+        self.bad = tuple(pathological) if pathological else None
+        bad = f":bad={self.bad}" if self.bad else ""
+        self.fingerprint = hashlib.sha256(f"synthetic:{num_samples}:{seq_len}:{seed}:{vocab}{bad}".encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, i])
+        if self.bad and self.bad[0] <= i < self.bad[1]:
+            return rng.integers(self.vocab, size=self.seq_len + 1).astype(np.int64)
         out = np.empty(self.seq_len + 1, dtype=np.int64)
         out[0] = rng.integers(self.vocab)
         noise = rng.random(self.seq_len) < 0.1
@@ -75,7 +82,7 @@ def worker(spec_path: str, on_exit=None, hooks: dict | None = None) -> None:
 
     def build_data(ctx):
         t = ctx.cfg.train
-        data = TrainData(SyntheticTokens(n, t.seq_len, ctx.cfg.seed, vocab),
+        data = TrainData(SyntheticTokens(n, t.seq_len, ctx.cfg.seed, vocab, spec.get("pathological")),
                          SyntheticTokens(64, t.seq_len, ctx.cfg.seed + 1, vocab),
                          {"tokenizer": "synthetic", "preprocess": "synthetic"})
         return data, vocab
@@ -150,9 +157,10 @@ def read_result(run_dir: Path, returncode: int | None = None) -> str:
     return f"no result (exit {returncode})"
 
 
-def start(run_dir: Path, overrides: list[str] = (), nproc: int = 2, faults: dict | None = None) -> subprocess.Popen:
+def start(run_dir: Path, overrides: list[str] = (), nproc: int = 2, faults: dict | None = None,
+          **extra) -> subprocess.Popen:
     """Start the step in the background (its own process group, so a test can kill -9 all of it)."""
-    spec = write_spec(run_dir, list(overrides), nproc, faults=faults or {})
+    spec = write_spec(run_dir, list(overrides), nproc, faults=faults or {}, **extra)
     return subprocess.Popen(command(spec, nproc), env=env(), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
