@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -23,7 +24,7 @@ SPECIAL_NAMES = ("eos", "bos", "pad", "unk")
 
 def source_files(folder: str | Path, key: str = "tokenizer.from_pretrained") -> list[Path]:
     """The files adopted from `folder` (tokenizer.json first); ConfigError naming `key` when unusable."""
-    folder = Path(folder).expanduser()
+    folder = Path(os.path.expandvars(str(folder))).expanduser()
     if not (folder / TOKENIZER_JSON).is_file():
         raise ConfigError(f"{key}={str(folder)!r}: {folder / TOKENIZER_JSON} does not exist; point it at a "
                           "Hugging Face tokenizer folder (tokenizer.json + tokenizer_config.json), e.g. a local "
@@ -34,7 +35,8 @@ def source_files(folder: str | Path, key: str = "tokenizer.from_pretrained") -> 
 def adopt(folder: str | Path, out: Path) -> list[Path]:
     """Copy the tokenizer files of `folder` into `out` unchanged, after checking they load and name an EOS."""
     files = source_files(folder)
-    tok = load(files[0].parent)
+    folder = files[0].parent
+    tok = load(folder)
     specials = special_ids(files[0].parent, tok)
     if specials["eos"] < 0:
         raise ConfigError(f"tokenizer.from_pretrained={str(folder)!r}: its tokenizer_config.json / "

@@ -208,7 +208,7 @@ def initialise(engine, cfg, rank: int, check_safe: Callable[[Path], None]) -> di
     if src is None:
         return None
     # Rank 0 verifies (every checksum of a graine checkpoint) and names the folder; the others follow.
-    folder, error = None, None
+    folder, error, ident = None, None, None
     if rank == 0:
         try:
             folder = verified_folder(src) if src.kind == "graine" else None

@@ -3,7 +3,7 @@ the first step (launched like it: `python -m tests.support.init_worker SPEC` und
 
 With `capture=PATH` in the spec, `training.init_from.initialise` is wrapped: once it returns, every rank
 gathers the full fp32 weights the optimizer will update (DeepSpeed's master copies, or the parameters
-without ZeRO) and the logits of the engine's forward on `probe` (token ids), and rank 0 saves them to PATH.
+without ZeRO), the Adam moments when train.init_optimizer is set, and the logits of the engine's forward on `probe` (token ids), and rank 0 saves them to PATH.
 """
 
 from __future__ import annotations
@@ -31,15 +31,28 @@ def capture_after_init(path: str, probe: list[list[int]]) -> None:
         for name, p in engine.module.named_parameters():
             full = safe_get_full_fp32_param(p) if engine.zero_optimization_stage() else None
             weights[name] = (full if full is not None else p.detach()).float().clone().cpu()
+        moments = adam_moments(engine) if cfg.train.init_optimizer else None
         engine.eval()
         with torch.no_grad():
             logits = engine(torch.tensor(probe, device=engine.device)).float().cpu()
         engine.train()
         if rank == 0:
-            torch.save({"weights": weights, "logits": logits, "source": source}, path)
+            torch.save({"weights": weights, "logits": logits, "source": source, "moments": moments}, path)
         return source
 
     init_from.initialise = initialise
+
+
+def adam_moments(engine) -> dict:
+    """{name: {exp_avg, exp_avg_sq}} of the live ZeRO optimizer (collective), linked as hooked_worker does."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    zero = engine.optimizer
+    if hasattr(zero, "_hp_optimizer_states_linked"):
+        zero._hp_optimizer_states_linked = False
+        zero._lazy_init_hp_params_optimizer_state()
+    return {name: {key: safe_get_full_optimizer_state(p, key).detach().clone().cpu() for key in ("exp_avg", "exp_avg_sq")}
+            for name, p in engine.module.named_parameters()}
 
 
 def launch(run_dir: Path, overrides: list[str] = (), nproc: int = 1, extra_env: dict | None = None,
