@@ -7,7 +7,6 @@ by transformers with the adopted tokenizer's ids."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -197,3 +197,23 @@ def test_init_optimizer_takes_the_adam_moments(tmp_path):
         assert torch.equal(cap["weights"][name], state["fp32"]), name
         for key in ("exp_avg", "exp_avg_sq"):
             assert state[key].abs().sum() > 0 and torch.equal(cap["moments"][name][key], state[key]), (name, key)
+
+
+def test_the_bloom_560m_example_config_loads_from_a_local_download(tmp_path, monkeypatch):
+    """configs/continue-bloom-560m.yaml against a $WORK holding bloom-560m's config.json and a tokenizer."""
+    from transformers import BloomConfig
+
+    from tests.support.train_harness import REPO
+
+    folder = tmp_path / "models" / "bloom-560m"
+    BloomConfig(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16).save_pretrained(str(folder))
+    monkeypatch.setenv("WORK", str(tmp_path))
+    cfg = load_config(REPO / "configs" / "continue-bloom-560m.yaml", [f"run_dir={tmp_path / 'run'}"])
+    m = cfg.model
+    assert (m.num_layers, m.hidden_size, m.num_heads, m.vocab_size) == (24, 1024, 16, 250880)
+    assert m.padded_vocab_size(250680) == 250880
+    assert init_from.parse(cfg.train.init_from).path == folder
+    with pytest.raises(ConfigError, match="tokenizer.json does not exist"):  # the tokenizer is not there yet
+        from data_prep.pretrained_tokenizer import source_files
+
+        source_files(cfg.tokenizer.from_pretrained)
