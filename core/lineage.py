@@ -107,9 +107,11 @@ def fingerprint(cfg: RunConfig, stage: Stage, folder_of: Callable[[str], str]) -
             missing.append(name)
         else:
             inputs[name] = rec["output_hash"]
-    if stage.external_inputs is not None:
+    files = stage.external_inputs(cfg) if stage.external_inputs is not None else []
+    # No files, no entry: a stage whose external inputs are optional (the tokenizer's adopted files) keeps
+    # the records it wrote without them.
+    if files:
         cache = RawHashCache(run_dir / ".work" / "raw-hashes.json")
-        files = stage.external_inputs(cfg)
         inputs["raw"] = digest({str(f): cache.hash(f) for f in files})
         if run_dir.is_dir():  # a dry run or `graine status` of a run not started writes nothing
             cache.save()

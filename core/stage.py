@@ -58,6 +58,8 @@ class Stage:
     # Checks of the config run before anything is submitted, against the training job's shape for a
     # stage with a gpu step: check(cfg, world_size, gpus) raises ConfigError ((1, False) for data stages).
     check: Callable[[RunConfig, int, bool], None] | None = None
+    # Extra fields of the completion record, read from the finished output folder (pretrain: its init source).
+    record: Callable[[Path], dict] | None = None
 
     @property
     def folder(self) -> str:

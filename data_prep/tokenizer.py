@@ -29,6 +29,7 @@ from core.config import param
 from core.errors import ConfigError, DataError
 from core.fs import write_atomic, write_json
 from core.stage import Stage, Step, TaskContext
+from data_prep import pretrained_tokenizer
 from data_prep.hf_tokenizer import load_proto, write_hf_files
 from data_prep.sampling import build_sample
 from data_prep.shards import read_documents
@@ -49,6 +50,9 @@ class TokenizerConfig:
     character_coverage: float = param(0.9995, ge=0.9, le=1.0, help="share of sample characters given their own "
                                       "piece; the rarest fall back to bytes")
     split_by_whitespace: bool = param(True, help="pieces never span a space (false lets pieces like 'a▁b' form)")
+    from_pretrained: str = param("", help="a Hugging Face tokenizer folder (tokenizer.json + tokenizer_config.json, "
+                                 "e.g. a local bloom-560m) published unchanged instead of training one; the "
+                                 "SentencePiece keys above are then unused")
 
 
 log = logging.getLogger("graine.tokenizer")
@@ -124,9 +128,10 @@ def check_memory(cfg, sample_bytes: int) -> None:
 # ----------------------------------------------------------------------------------------------- steps
 def sample_step(ctx: TaskContext) -> None:
     t, clean = ctx.cfg.tokenizer, ctx.input_dir("clean")
+    # An adopted tokenizer is not trained: the sample is only written for its held-out documents (the report).
+    memory = None if t.from_pretrained else (lambda n: check_memory(ctx.cfg, n))
     build_sample(lambda: read_documents(clean), ctx.out_dir / "sample", alpha=t.alpha, sample_bytes=t.sample_bytes,
-                 seed=ctx.cfg.seed, heldout_fraction=t.heldout_fraction,
-                 check_memory=lambda n: check_memory(ctx.cfg, n))
+                 seed=ctx.cfg.seed, heldout_fraction=t.heldout_fraction, check_memory=memory)
 
 
 def trainer_args(cfg, sample: Path, prefix: Path, threads: int) -> dict:
@@ -167,6 +172,11 @@ def write_reproducible(trained: Path, final: Path) -> None:
 
 def train_step(ctx: TaskContext) -> None:
     cfg, out = ctx.cfg, ctx.out_dir
+    if cfg.tokenizer.from_pretrained:
+        files = pretrained_tokenizer.adopt(cfg.tokenizer.from_pretrained, out)
+        log.info("adopted the tokenizer of %s unchanged (%s)", cfg.tokenizer.from_pretrained,
+                 ", ".join(p.name for p in files))
+        return
     sample = out / "sample" / "sample.txt"
     if not sample.is_file():
         raise DataError(f"{sample} is missing; the tokenizer's sample step did not finish, re-run the stage")
@@ -191,6 +201,8 @@ def train_step(ctx: TaskContext) -> None:
 
 
 def report_step(ctx: TaskContext) -> None:
+    if ctx.cfg.tokenizer.from_pretrained:
+        return pretrained_report(ctx)
     out = ctx.out_dir
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
     per_lang: dict[str, list[int]] = {}  # lang -> [bytes, tokens, words, docs, mismatches]
@@ -212,6 +224,29 @@ def report_step(ctx: TaskContext) -> None:
                         "bytes_per_token": round(r[0] / max(r[1], 1), 3),
                         "tokens_per_word": round(r[1] / max(r[2], 1), 3), "roundtrip_failures": r[4]}
                     for k, r in sorted(per_lang.items())},
+        "sample": {k: v["share"] for k, v in shares["languages"].items()},
+        "sample_target": {k: v["target_share"] for k, v in shares["languages"].items()},
+        "sample_bytes": shares["bytes"],
+    }
+    write_json(out / "report.json", report, indent=2, sort_keys=False)
+
+
+def pretrained_report(ctx: TaskContext) -> None:
+    """report.json of an adopted tokenizer: bytes/token, tokens/word, round-trip failures and the share
+    of bytes encoded as the unknown token, per language, on clean/'s held-out documents."""
+    out = ctx.out_dir
+    rows = pretrained_tokenizer.heldout_rows(out, out / "sample" / "heldout.jsonl")
+    shares = json.loads((out / "sample" / "shares.json").read_text())
+    info = tokenizer_info(out)
+    report = {
+        "vocab_size": info.vocab_size, "model_type": "pretrained", "from_pretrained": ctx.cfg.tokenizer.from_pretrained,
+        "tokenizer_hash": info.hash, "eod_id": info.eod_id,
+        "heldout": {k: {"documents": r[3], "bytes": r[0], "tokens": r[1],
+                        "bytes_per_token": round(r[0] / max(r[1], 1), 3),
+                        "tokens_per_word": round(r[1] / max(r[2], 1), 3), "roundtrip_failures": r[4],
+                        "unknown_byte_rate": round(r[5] / max(r[0], 1), 6)}
+                    for k, r in sorted(rows.items())},
+        "unknown_byte_rate": round(sum(r[5] for r in rows.values()) / max(sum(r[0] for r in rows.values()), 1), 6),
         "sample": {k: v["share"] for k, v in shares["languages"].items()},
         "sample_target": {k: v["target_share"] for k, v in shares["languages"].items()},
         "sample_bytes": shares["bytes"],
@@ -242,13 +277,26 @@ class TokenizerInfo:
 
 
 def model_path(tokenizer_dir: Path) -> Path:
+    """The file that identifies the tokenizer: graine's `tokenizer.model`, or an adopted `tokenizer.json`."""
     path = Path(tokenizer_dir) / "tokenizer.model"
     if not path.is_file():
+        if is_pretrained(tokenizer_dir):
+            return Path(tokenizer_dir) / pretrained_tokenizer.TOKENIZER_JSON
         raise DataError(f"{path} is missing; run the tokenizer stage (`graine run tokenizer`)")
     return path
 
 
-def load_tokenizer(tokenizer_dir: Path) -> spm.SentencePieceProcessor:
+def is_pretrained(tokenizer_dir: Path) -> bool:
+    """Whether the folder holds an adopted Hugging Face tokenizer (tokenizer.json without tokenizer.model)."""
+    d = Path(tokenizer_dir)
+    return not (d / "tokenizer.model").is_file() and (d / pretrained_tokenizer.TOKENIZER_JSON).is_file()
+
+
+def load_tokenizer(tokenizer_dir: Path):
+    """An encoder with `encode(texts, num_threads=...) -> ids per text`: SentencePiece's processor, or
+    the `tokenizers` batch encoder of an adopted tokenizer."""
+    if is_pretrained(tokenizer_dir):
+        return pretrained_tokenizer.BatchEncoder(Path(tokenizer_dir))
     return spm.SentencePieceProcessor(model_file=str(model_path(tokenizer_dir)))
 
 
@@ -258,16 +306,33 @@ def _hash_file(path: str, mtime_ns: int, size: int) -> str:
 
 
 def tokenizer_hash(tokenizer_dir: Path) -> str:
-    """Identity of a tokenizer: the hash of its `tokenizer.model` bytes."""
+    """Identity of a tokenizer: the hash of its `tokenizer.model` bytes (an adopted one's `tokenizer.json`)."""
     path = model_path(tokenizer_dir)
     st = path.stat()
     return _hash_file(str(path), st.st_mtime_ns, st.st_size)
 
 
 def tokenizer_info(tokenizer_dir: Path) -> TokenizerInfo:
+    if is_pretrained(tokenizer_dir):
+        tok = pretrained_tokenizer.load(Path(tokenizer_dir))
+        ids = pretrained_tokenizer.special_ids(Path(tokenizer_dir), tok)
+        return TokenizerInfo(vocab_size=tok.get_vocab_size(with_added_tokens=True), eod_id=ids["eos"],
+                             pad_id=ids["pad"], bos_id=ids["bos"], unk_id=ids["unk"],
+                             hash=tokenizer_hash(tokenizer_dir))
     sp = load_tokenizer(tokenizer_dir)
     return TokenizerInfo(vocab_size=sp.get_piece_size(), eod_id=sp.eos_id(), pad_id=sp.pad_id(),
                          bos_id=sp.bos_id(), unk_id=sp.unk_id(), hash=tokenizer_hash(tokenizer_dir))
+
+
+def adopted_files(cfg) -> list[Path]:
+    """The adopted tokenizer's files (tokenizer.from_pretrained), hashed into the stage's record: a changed
+    tokenizer.json makes the stage stale. None when graine trains its own."""
+    if not cfg.tokenizer.from_pretrained:
+        return []
+    try:
+        return pretrained_tokenizer.source_files(cfg.tokenizer.from_pretrained)
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
 
 
 STAGE = Stage(
@@ -275,7 +340,9 @@ STAGE = Stage(
     needs=("clean",),
     sections=("seed", "tokenizer"),
     steps=(Step("sample", sample_step), Step("train", train_step), Step("report", report_step)),
-    description="α-sampled SentencePiece tokenizer with byte fallback and an identical Hugging Face export",
+    description="α-sampled SentencePiece tokenizer with byte fallback and an identical Hugging Face export "
+                "(or an adopted Hugging Face tokenizer: tokenizer.from_pretrained)",
     summary=summary,
+    external_inputs=adopted_files,
     config={"tokenizer": TokenizerConfig},
 )

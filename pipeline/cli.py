@@ -177,6 +177,10 @@ def cmd_run(args) -> int:
 
     if args.executor not in EXECUTORS:
         raise ConfigError(f"--executor {args.executor} is unknown; valid executors: {', '.join(EXECUTORS)}")
+    if args.force:  # the training job's refusal of a changed train.init_from reads it (training.init_from)
+        from training.init_from import FORCE_ENV
+
+        os.environ[FORCE_ENV] = "1"
     cfg = _config(args)
     targets = runner.resolve([args.stage])
     checks = runner.preflight(cfg, targets, args.executor)  # dry run or not: a bad config exits 2 here

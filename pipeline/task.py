@@ -237,7 +237,9 @@ def publish(cfg: RunConfig, stage: Stage) -> str:
     if not stage.publish:
         folder = paths.published
         write_atomic(folder / lineage.RESOLVED_CONFIG, cfg.to_yaml())
-        lineage.write_record(folder, stage, fp, started, {"num_tasks": _num_tasks(paths), "jobs": _jobs(paths)})
+        extra = stage.record(folder) if stage.record is not None else {}
+        lineage.write_record(folder, stage, fp, started, {"num_tasks": _num_tasks(paths), "jobs": _jobs(paths),
+                                                          **extra})
         shutil.rmtree(paths.work, ignore_errors=True)
         return str(folder)
     staging = paths.staging

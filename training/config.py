@@ -12,11 +12,14 @@ from core.errors import ConfigError
 from training.presets import PRESETS
 from training.spikes import SkipRanges, SpikeConfig
 
+FROM_INIT = "from_init"
+
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    size: str = param("demo", help=f"a preset name ({', '.join(PRESETS)}; training/presets.py) "
-                                   "or 'custom'; shape fields left at 0 come from the preset")
+    size: str = param("demo", help=f"a preset name ({', '.join(PRESETS)}; training/presets.py), 'custom', "
+                                   "or 'from_init' (the shape of train.init_from's model); shape fields left at 0 "
+                                   "come from the preset")
     num_layers: int = param(0, ge=0, help="transformer blocks; 0 = the preset's")
     hidden_size: int = param(0, ge=0, help="model width; 0 = the preset's")
     num_heads: int = param(0, ge=0, help="attention heads (need not be a power of two); 0 = the preset's")
@@ -37,6 +40,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         # A preset fills the shape fields left at 0, so `size: 560m` alone is a complete model and
         # `size: 560m, num_layers: 4` is a shallow 560m for tests.
+        if self.size == FROM_INIT:
+            return  # filled from train.init_from's model when the run's config is validated (validate)
         if self.size != "custom":
             if self.size not in PRESETS:
                 raise ConfigError(f"model.size={self.size!r} is not a preset; use one of "
@@ -102,6 +107,10 @@ class TrainConfig:
                                           "sample order never trained on, e.g. '[[1000, 1500]]' (README: Loss spikes)")
     dist_timeout_min: float = param(30.0, gt=0.0, help="minutes a collective may wait for a peer before the job "
                                     "fails (a checkpoint save on a slow filesystem must fit in it)")
+    init_from: str = param("", help="start step 0 from these weights instead of random ones: 'hf:<dir>' (a "
+                           "BloomForCausalLM folder) or a graine run directory or checkpoint folder, optionally "
+                           "'@<step>'; used once: a run that has its own checkpoints resumes from them")
+    init_optimizer: bool = param(False, help="with a graine train.init_from, also take its Adam moments")
 
     def __post_init__(self) -> None:
         if self.global_batch_size % self.micro_batch_size:
@@ -110,6 +119,10 @@ class TrainConfig:
         if self.rampup.start and self.rampup.start % self.micro_batch_size:
             raise ConfigError(f"train.rampup.start={self.rampup.start} is not a multiple of train.micro_batch_size")
         SkipRanges.from_config(self.skip_samples)
+        if self.init_optimizer and (not self.init_from or self.init_from.startswith("hf:")):
+            raise ConfigError(f"train.init_optimizer=true needs a graine run or checkpoint in train.init_from "
+                              f"(got {self.init_from!r}): a Hugging Face model has no optimizer state; "
+                              "set train.init_optimizer=false")
 
 
 @dataclass(kw_only=True)
@@ -122,6 +135,10 @@ class CheckpointConfig:
 
 def validate(cfg: RunConfigBase) -> None:
     """Checks across the pretrain stage's sections, made when the config is loaded."""
+    if cfg.model.size == FROM_INIT:
+        from training.init_source import fill_model_shape
+
+        fill_model_shape(cfg.model, cfg.train.init_from)
     if cfg.train.seq_len > cfg.model.max_positions:
         raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds model.max_positions={cfg.model.max_positions}; "
                           "lower train.seq_len or raise model.max_positions")

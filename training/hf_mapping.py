@@ -39,6 +39,11 @@ def _strip(key: str) -> str:
     return key
 
 
+def strip_wrappers(state: dict) -> dict:
+    """The state dict with the wrapper prefixes (`module.`, `_orig_mod.`) removed from its keys."""
+    return {_strip(k): v for k, v in state.items()}
+
+
 def to_hf_state_dict(graine_state_dict: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """BloomForCausalLM state dict from graine's (wrapper prefixes removed, keys checked both ways)."""
     state = {_strip(k): v for k, v in graine_state_dict.items()}
@@ -56,7 +61,8 @@ def to_hf_state_dict(graine_state_dict: dict[str, torch.Tensor], cfg: ModelConfi
 
 
 def from_hf_state_dict(hf_state_dict: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """graine's state dict from a BloomForCausalLM one (fine-tuning or checking a released model)."""
+    """graine's state dict from a BloomForCausalLM one (continued pretraining, training.init_from). Only
+    membership and lookup are used, so `hf_state_dict` may be any mapping (init_from's values are loaders)."""
     state = {}
     for key in expected_keys(cfg.num_layers):
         if f"transformer.{key}" not in hf_state_dict:

@@ -126,10 +126,20 @@ def check(cfg: RunConfig, world_size: int, gpus: bool) -> None:
     """What would fail the job at start-up, for a job of `world_size` ranks with or without GPUs;
     the runner calls it before anything is submitted (ConfigError names the key and the fix)."""
     from training.engine import check_devices
+    from training.init_from import check as check_init_from
     from training.schedule import BatchRampup
 
     BatchRampup.from_config(cfg.train).check_divisible(cfg.train.micro_batch_size, world_size)
     check_devices(cfg.train, gpus)
+    check_init_from(cfg)
+
+
+def record(out_dir: Path) -> dict:
+    """What the completion record adds: the source the run was initialised from (train.init_from)."""
+    try:
+        return {"init_from": json.loads((out_dir / "result.json").read_text()).get("init_from")}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 STAGE = Stage(
@@ -141,6 +151,7 @@ STAGE = Stage(
     publish=False,
     summary=summary,
     check=check,
+    record=record,
     config={"model": ModelConfig, "train": TrainConfig, "checkpoint": CheckpointConfig},
     validate=validate,
 )

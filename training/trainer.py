@@ -48,6 +48,7 @@ from core.errors import StageError
 from core.fs import write_atomic
 from core.signals import STOP_SIGNALS, early_stop_signal
 from core.stage import TaskContext
+from training import init_from
 from training.data_loader import GlobalBatchLoader, SampleIndex, validation_batches
 from training.engine import build_engine, set_lr
 from training.metrics import MetricsLogger, Throughput, device_name, memory_gb, peak_tflops
@@ -233,8 +234,18 @@ class Trainer:
     def resume(self) -> None:
         saved = self.checkpointer.load(self.engine)
         if saved is None:
-            log.info("no checkpoint in %s: starting from scratch", self.checkpointer.dir)
+            # The one place a run's step 0 takes existing weights (train.init_from): after the engine is
+            # built, and never once the run has a checkpoint of its own.
+            source = init_from.initialise(self.engine, self.cfg, self.rank, self.checkpointer.check_safe)
+            if source is None:
+                log.info("no checkpoint in %s: starting from scratch", self.checkpointer.dir)
+            else:
+                self.data.lineage["init_from"] = source
             return
+        init_from.check_unchanged(self.checkpointer.dir, self.t.init_from, saved.folder)
+        if saved.lineage.get("init_from"):
+            self.data.lineage["init_from"] = saved.lineage["init_from"]
+            log.info("resuming this run's own checkpoint: train.init_from=%r is not loaded again", self.t.init_from)
         hint = changed_data_keys(saved.folder / CONFIG, self.cfg.to_dict())
         self.loader.load_state_dict(saved.raw, override_hint=hint)
         self.state.load_state_dict(saved.raw)
@@ -429,7 +440,8 @@ class Trainer:
         out = self.ctx.out_dir
         out.mkdir(parents=True, exist_ok=True)
         result = {"result": reason, "step": self.state.step, "tokens": self.state.consumed_tokens,
-                  "loss": self.state.last_loss, "skipped_steps": self.skips.skipped, "unigram_entropy": self.entropy}
+                  "loss": self.state.last_loss, "skipped_steps": self.skips.skipped, "unigram_entropy": self.entropy,
+                  "init_from": self.data.lineage.get("init_from")}
         # Atomic: `graine status` may read it at any moment.
         write_atomic(out / "result.json", json.dumps(result, indent=1))
 
