@@ -25,7 +25,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup demo corpus test test-fast lint clean-corpus tokenizer preprocess pretrain resume export status bench slurm-up slurm-down clean delete-runs
+.PHONY: help setup demo corpus test test-fast lint clean-corpus tokenizer preprocess pretrain resume export evaluate report status bench slurm-up slurm-down clean delete-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -66,6 +66,9 @@ resume: pretrain  ## resume pretraining from the latest valid checkpoint (same a
 
 export: setup  ## stage export: a Hugging Face release of a checkpoint
 	$(GRAINE) run export -c $(CONFIG) --executor $(EXECUTOR) $(ARGS)
+
+evaluate: setup  ## stage evaluate: per-language perplexity, bits per byte (and lm-eval tasks) of the exports
+	$(GRAINE) run evaluate -c $(CONFIG) --executor $(EXECUTOR) $(ARGS)
 
 status: setup  ## where each stage of the run stands
 	$(GRAINE) status -c $(CONFIG) $(ARGS)

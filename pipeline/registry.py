@@ -18,6 +18,7 @@ STAGE_MODULES: dict[str, str] = {
     "preprocess": "data_prep.preprocess",
     "pretrain": "training.pretrain",
     "export": "training.export",
+    "evaluate": "training.evaluate",
 }
 ORDER = list(STAGE_MODULES)
 

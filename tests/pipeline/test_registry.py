@@ -54,7 +54,7 @@ def test_a_new_stage_is_one_module_and_one_registry_line(tmp_path):
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
     text = out.stdout + out.stderr
-    assert "times 3 ['export', 'shout', 'cluster']" in text, text
+    assert "times 3 ['evaluate', 'shout', 'cluster']" in text, text
     assert "refused shout.times=0 is out of range; expected >= 1" in text
     assert "refused shout.times=13 is unlucky" in text
     assert "refused unknown key 'shout.loud'; valid keys at shout: times" in text
