@@ -25,7 +25,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup demo corpus test test-fast lint clean-corpus tokenizer preprocess pretrain resume export evaluate report status bench slurm-up slurm-down clean delete-runs
+.PHONY: help setup demo corpus test test-fast lint clean-corpus tokenizer preprocess pretrain resume export evaluate status bench slurm-up slurm-down clean delete-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16

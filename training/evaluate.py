@@ -33,6 +33,7 @@ from core.config import param
 from core.errors import ConfigError, DataError
 from core.fs import write_json
 from core.stage import Stage, Step, TaskContext
+from training.hf_compat import import_transformers
 
 
 @dataclass(kw_only=True)
@@ -89,21 +90,6 @@ def valid_tokens(shards: Path, name: str, meta: dict) -> np.ndarray:
     if len(data) != int(sizes.sum()):
         raise DataError(f"{prefix}.bin has {len(data)} tokens but its index {int(sizes.sum())}; re-run preprocess")
     return np.asarray(data, dtype=np.int64)
-
-
-def load_transformers():
-    """transformers, with Hugging Face's `kernels` distribution hidden: transformers 5 imports it when it is
-    installed, and graine's own top-level `kernels` package shadows it on the path (ImportError: cannot
-    import name 'CUDAProperties'). Evaluation never uses hub kernels."""
-    import os
-
-    os.environ["USE_HUB_KERNELS"] = "NO"
-    import transformers
-    import transformers.utils as utils
-    import transformers.utils.import_utils as import_utils
-
-    import_utils.is_kernels_available = utils.is_kernels_available = lambda *args, **kwargs: False
-    return transformers
 
 
 # ------------------------------------------------------------------------------------- perplexity
@@ -223,7 +209,7 @@ def _carried(published: Path, staging: Path, folder: Path, sha: str, tasks: list
 def evaluate_step(ctx: TaskContext) -> None:
     import torch
 
-    transformers = load_transformers()
+    transformers = import_transformers()
     cfg, ev = ctx.cfg, ctx.cfg.evaluate
     seq_len = ev.seq_len or cfg.train.seq_len
     device = "cuda" if torch.cuda.is_available() else "cpu"

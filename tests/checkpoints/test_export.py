@@ -16,9 +16,11 @@ from core.errors import GraineError
 from pipeline import runner
 from tests.support import tiny_run
 from training import export
+from training.hf_compat import import_transformers
 from training.model import BloomModel
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
+transformers = import_transformers()
 
 EXTRA = ("train.zero_stage=2", "train.train_tokens=1536", "checkpoint.keep_every=4")  # steps 4, 8, 12 kept
 TEXT = "Hello world, bonjour le monde! ¿Qué tal? 12345 — Привет"

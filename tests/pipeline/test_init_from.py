@@ -22,9 +22,11 @@ from tests.support import hf_fixtures, init_worker, train_harness
 from tests.support.train_harness import SyntheticTokens, losses
 from training import init_from
 from training.export import consolidated_fp32
+from training.hf_compat import import_transformers
 from training.hf_mapping import from_hf_state_dict
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
+transformers = import_transformers()
 
 VOCAB = 96  # train_harness's synthetic tokens; the fixtures have as many rows (pad_vocab_to_multiple=32)
 PROBE = [[5, 7, 9, 11, 3, 2, 50, 95, 0, 1], [94, 93, 8, 8, 8, 64, 32, 16, 4, 2]]

@@ -10,25 +10,11 @@ from pathlib import Path
 
 import torch
 
+from training.hf_compat import import_transformers
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-def hide_hub_kernels() -> None:
-    """transformers (5.x) imports the Hugging Face `kernels` distribution when it is installed (it is one
-    of its dependencies), and graine's own top-level `kernels` package shadows it on the path, so the
-    import fails (cannot import name 'CUDAProperties'). These tests never use hub kernels: transformers is
-    told they are absent. Call before importing transformers' models."""
-    import os
-
-    import transformers.utils as utils
-
-    os.environ["USE_HUB_KERNELS"] = "NO"  # from_pretrained's default would ask for them
-    import transformers.utils.import_utils as import_utils
-
-    import_utils.is_kernels_available = utils.is_kernels_available = lambda *args, **kwargs: False
-
-
-hide_hub_kernels()
+import_transformers()  # before any of transformers' models is imported
 
 
 def save_bloom(folder: Path, *, vocab_size: int, num_layers: int = 2, hidden_size: int = 32, num_heads: int = 2,
