@@ -25,7 +25,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup demo corpus test test-fast lint clean-corpus tokenizer preprocess pretrain resume export evaluate status bench slurm-up slurm-down clean delete-runs
+.PHONY: help setup demo corpus test test-fast lint clean-corpus tokenizer preprocess pretrain resume export evaluate status report bench slurm-up slurm-down clean delete-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -72,6 +72,9 @@ evaluate: setup  ## stage evaluate: per-language perplexity, bits per byte (and 
 
 status: setup  ## where each stage of the run stands
 	$(GRAINE) status -c $(CONFIG) $(ARGS)
+
+report: setup  ## report/index.html and PNG figures of the run (loss, throughput, perplexity, data mix, lineage)
+	$(GRAINE) report -c $(CONFIG) $(ARGS)
 
 slurm-up:  ## install (first time) and start a local Slurm on this machine (NODES=2: two nodes)
 	bash slurm/local-cluster/install.sh

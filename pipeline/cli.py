@@ -8,6 +8,7 @@
     graine checkpoint list|universal|dump ...          # checkpoint tools (list --full: recompute checksums)
     graine verify [STAGE] -c CONFIG                    # re-hash published outputs and checkpoints
     graine diff RUN_A RUN_B                            # where two runs diverge
+    graine report -c CONFIG                            # report/index.html and PNG figures of the run
 
 Exit codes: 0 success, 1 failure, 2 bad usage or configuration.
 """
@@ -103,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="re-hash published outputs against their completion records")
     v.add_argument("stage", nargs="?", help="one stage (default: every published stage, and the checkpoints)")
     _common(v, "[STAGE]")
+
+    rp = sub.add_parser("report", help="write <run_dir>/report/index.html and its PNG figures (loss, throughput, "
+                                       "perplexity, data mix, tokenizer, lineage)")
+    _common(rp)
 
     df = sub.add_parser("diff", help="compare two run directories stage by stage and say where they diverge")
     df.add_argument("run_a", metavar="RUN_A", help="a run directory (its run_dir)")
@@ -341,9 +346,16 @@ def cmd_diff(args) -> int:
     return 0 if report.diverged_at is None else 1
 
 
+def cmd_report(args) -> int:
+    from pipeline.report import build_report
+
+    print(build_report(_config(args)))
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "sbatch": cmd_sbatch, "task": cmd_task,
             "publish": cmd_publish, "checkpoint": cmd_checkpoint, "verify": cmd_verify,
-            "diff": cmd_diff}
+            "diff": cmd_diff, "report": cmd_report}
 
 
 def entry() -> None:  # pragma: no cover - console script

@@ -11,6 +11,7 @@ from pipeline import registry
 from pipeline.config import RunConfig
 from pipeline.executors import tail
 from pipeline.lock import pid_alive, slurm_job_states
+from pipeline.report import report_status
 from pipeline.task import StagePaths
 
 
@@ -95,4 +96,5 @@ def format_status(cfg: RunConfig) -> str:
         lines.append(f"{name:<11} {st.state:<15} {st.detail}".rstrip())
         if st.summary:
             lines += ["    " + line for line in st.summary.splitlines()]
+    lines.append(report_status(Path(cfg.run_dir)))
     return "\n".join(lines)
