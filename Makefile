@@ -49,6 +49,7 @@ corpus: setup  ## generate the embedded multilingual demo corpus
 demo: setup corpus  ## the whole pipeline on the embedded default, on this machine
 	$(GRAINE) run all -c $(CONFIG) --executor $(EXECUTOR) $(ARGS)
 	$(GRAINE) status -c $(CONFIG) $(ARGS)
+	$(GRAINE) report -c $(CONFIG) $(ARGS)
 
 clean-corpus: setup  ## stage clean: normalise, language-id, filter, redact, dedup
 	$(GRAINE) run clean -c $(CONFIG) --executor $(EXECUTOR) $(ARGS)
