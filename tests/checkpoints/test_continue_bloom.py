@@ -76,3 +76,24 @@ def test_a_bloom_continues_with_its_adopted_tokenizer_and_exports(tmp_path):
     start = hf_fixtures.load_bloom(hf).transformer.word_embeddings.weight
     moved = (model.transformer.word_embeddings.weight - start).abs().max().item()
     assert 0 < moved < 0.1
+
+
+def test_adopted_tokenizer_shards_do_not_depend_on_the_task_count(tmp_path):
+    """preprocess with the `tokenizers` batch path keeps today's guarantee: 1 task or 3, the same bytes."""
+    corpus = tmp_path / "corpus"
+    synthetic.main([str(corpus), "--docs-per-language", "30"])
+    bpe = None
+    shards = {}
+    for tasks in (1, 3):
+        run_dir = tmp_path / f"run{tasks}"
+        runner.run(tiny_run.config(run_dir, corpus), ["clean"], executor="inline")
+        if bpe is None:
+            bpe = hf_fixtures.train_byte_bpe(tmp_path / "bpe", [d.text for d in read_documents(run_dir / "clean")],
+                                             vocab_size=500)
+        cfg = tiny_run.config(run_dir, corpus, f"tokenizer.from_pretrained={bpe}", f"preprocess.num_tasks={tasks}")
+        runner.run(cfg, ["tokenizer", "preprocess"], executor="inline")
+        out = run_dir / "shards"
+        shards[tasks] = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+                         if p.is_file() and p.suffix in (".bin", ".idx")}
+    assert shards[1] and shards[1].keys() == shards[3].keys()
+    assert all(shards[1][name] == shards[3][name] for name in shards[1]), "shards differ between 1 and 3 tasks"
