@@ -74,11 +74,14 @@ class IndexedDatasetWriter:
         self._bin.write(arr.tobytes())
         self._sizes.append(len(arr))
 
-    def add_documents(self, docs: list[list[int]]) -> None:
-        if docs:
-            flat = np.fromiter((t for d in docs for t in d), dtype=self.dtype)
-            self._bin.write(flat.tobytes())
-            self._sizes.extend(len(d) for d in docs)
+    def add_documents(self, docs: list[list[int]]) -> int:
+        """Append documents; returns their largest token id (-1 for none), which preprocess records."""
+        if not docs:
+            return -1
+        flat = np.fromiter((t for d in docs for t in d), dtype=self.dtype)
+        self._bin.write(flat.tobytes())
+        self._sizes.extend(len(d) for d in docs)
+        return int(flat.max()) if flat.size else -1
 
     def finalize(self) -> None:
         self._file.close()  # fsync `.bin`, rename it into place, fsync the folder

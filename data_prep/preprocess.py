@@ -10,7 +10,8 @@ Steps:
 - `merge` (1 task): concatenates the parts of each dataset in rank order into
   `shards/<split>/<dataset>.bin/.idx`, never re-tokenising; since slices are contiguous and the split is
   decided per document by a seeded hash of its id, the result is byte-identical for any number of tasks.
-  Then `shards/blend.json`: every dataset's documents, tokens, file hashes and sampling weight.
+  Then `shards/blend.json`: every dataset's documents, tokens, largest token id (so the sample index
+  checks the vocabulary without reading tokens), file hashes and sampling weight.
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ class PartWriters:
         if key not in self.writers:
             self.writers[key] = Writer(self.root / split / name, self.dtype)
             self.meta.setdefault(name, {"lang": lang, "source": source})
-        self.writers[key].add_documents(docs)
-        m = self.meta[name].setdefault(split, {"documents": 0, "tokens": 0, "text_bytes": 0})
+        max_id = self.writers[key].add_documents(docs)
+        m = self.meta[name].setdefault(split, {"documents": 0, "tokens": 0, "text_bytes": 0, "max_id": -1})
+        m["max_id"] = max(m["max_id"], max_id)
         m["documents"] += len(docs)
         m["tokens"] += sum(len(d) for d in docs)
         m["text_bytes"] += nbytes
@@ -205,9 +207,9 @@ def merge_step(ctx: TaskContext) -> None:
                      for m in manifests if split in m["datasets"].get(name, {})]
             if parts:
                 merged = merge_datasets(parts, out / split / name)
-                text_bytes = sum(m["datasets"][name][split]["text_bytes"] for m in manifests
-                                 if split in m["datasets"].get(name, {}))
-                datasets[name][split] = {"path": f"{split}/{name}", "text_bytes": text_bytes, **merged}
+                metas = [m["datasets"][name][split] for m in manifests if split in m["datasets"].get(name, {})]
+                datasets[name][split] = {"path": f"{split}/{name}", "text_bytes": sum(x["text_bytes"] for x in metas),
+                                         "max_id": max(x["max_id"] for x in metas), **merged}
     weights = blend_weights(datasets, cfg.preprocess.alpha, cfg.preprocess.multipliers)
     for name, d in datasets.items():
         d["weight"] = round(weights[name], 12)

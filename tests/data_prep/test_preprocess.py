@@ -79,6 +79,7 @@ def test_independent_reader_and_decoding_reproduce_documents(one_task, base, cor
             assert len(theirs) == len(ours) == d[split]["documents"]
             assert list(ours.sizes) == [len(x) for x in theirs]
             assert all(np.array_equal(a, ours[i]) for i, a in enumerate(theirs))
+            assert d[split]["max_id"] == int(ours.tokens.max())  # what the sample index checks the vocabulary by
             texts = [sp.decode(x[:-1].tolist()) for x in theirs]
             assert all(x[-1] == eod for x in theirs)
             expected = [doc["text"] for doc in corpus if preprocess.dataset_name(doc["lang"], None) == name
@@ -119,11 +120,12 @@ KILLER = textwrap.dedent("""
     calls = []
     real = indexed_dataset.IndexedDatasetWriter.add_documents
     def add_then_die(self, docs):
-        real(self, docs)
+        max_id = real(self, docs)
         self._bin.flush()
         calls.append(1)
         if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: a node failure
+        return max_id
     indexed_dataset.IndexedDatasetWriter.add_documents = add_then_die
     cfg = make_config(Path({run!r}), **{settings!r})
     run = Path({run!r})
