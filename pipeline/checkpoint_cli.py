@@ -11,12 +11,13 @@ could run code (checkpoints.safe_load) unless `--trust-checkpoint PATH` names it
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 from checkpoints import manifest
 from checkpoints.layout import TMP_PREFIX, read_latest, read_state
-from checkpoints.retention import is_release, published_steps
+from checkpoints.retention import is_release, plan_deletions, published_steps
 from checkpoints.select import checkpoint_dir, parse_step, select_checkpoint
 from checkpoints.universal import check_universal, universal_of
 from core.errors import CheckpointError, ConfigError
@@ -113,7 +114,93 @@ def format_list(cfg: RunConfig, full: bool = False) -> str:
     lines.append(f"{len(rows)} checkpoint(s), {_size(total)}; checks run: {checks}; releases: every "
                  f"{cfg.checkpoint.keep_every or '-'} steps "
                  f"(checkpoint.keep_every), kept forever; listed {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+    lines.append(disk_report(cfg, rows))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- disk
+def bytes_per_parameter(precision: str, zero_stage: int) -> int:
+    """Bytes per parameter of a DeepSpeed checkpoint, all ranks together: Adam's two fp32 moments and
+    the fp32 master weights (ZeRO 1-3 keep their own fp32 partition even when training in fp32; ZeRO-0
+    in fp32 steps the module's weights themselves), plus the module's weights in the training dtype in
+    the model states file, except under ZeRO-3, whose module holds only partitions. Checked against
+    real checkpoints in tests/pipeline/test_checkpoint_disk.py."""
+    adam = 4 + 4
+    master = 0 if (zero_stage == 0 and precision == "fp32") else 4
+    module = 0 if zero_stage == 3 else (4 if precision == "fp32" else 2)
+    return adam + master + module
+
+
+def checkpoint_bytes(cfg: RunConfig, rows: list[dict]) -> tuple[int, str] | None:
+    """(bytes, how it is known) of one checkpoint of this run: the newest valid one's size, else an
+    estimate from the model's parameter count (None while the vocabulary is unknown)."""
+    valid = [r for r in rows if r["valid"]]
+    if valid:
+        return valid[-1]["bytes"], f"measured on step {valid[-1]['step']}"
+    params = parameter_count(cfg)
+    if params is None:
+        return None
+    per = bytes_per_parameter(cfg.train.precision, cfg.train.zero_stage)
+    return params * per, (f"estimated: {params:,} parameters x {per} bytes ({cfg.train.precision}, "
+                          f"ZeRO-{cfg.train.zero_stage}: weights and Adam states)")
+
+
+def parameter_count(cfg: RunConfig) -> int | None:
+    """Parameters of the configured model, counted on the meta device (no memory); None before the
+    tokenizer stage when model.vocab_size=0 (the tokenizer's)."""
+    vocab = cfg.model.vocab_size
+    if not vocab:
+        from data_prep.tokenizer import tokenizer_info
+
+        try:
+            vocab = tokenizer_info(Path(cfg.run_dir) / "tokenizer").vocab_size
+        except Exception:  # no tokenizer yet, or one that cannot be read: nothing to estimate from
+            return None
+    import torch
+
+    from training.model import BloomModel
+
+    with torch.device("meta"):
+        return BloomModel(cfg.model, vocab, init=False).num_parameters()
+
+
+def future_saves_peak(steps: list[int], size: int, cfg: RunConfig) -> tuple[int, int]:
+    """(count, peak extra bytes) of the next checkpoint.keep_last saves after `steps`: each save adds a
+    checkpoint, then retention (checkpoints.retention.plan_deletions, as the trainer calls it) prunes."""
+    ck = cfg.checkpoint
+    kept, peak, extra = sorted(steps), 0, 0
+    last = kept[-1] if kept else 0
+    for i in range(1, ck.keep_last + 1):
+        kept.append(last + i * ck.interval)
+        extra += size
+        peak = max(peak, extra)
+        gone = plan_deletions(kept, set(kept), ck.keep_last, ck.keep_every)
+        kept = [s for s in kept if s not in gone]
+        extra -= size * len(gone)
+    return ck.keep_last, peak
+
+
+def disk_report(cfg: RunConfig, rows: list[dict] | None = None) -> str:
+    """One line: a checkpoint's size, the free space of the run directory's filesystem, and whether the
+    next checkpoint.keep_last saves fit (a WARNING line when they do not)."""
+    rows = checkpoint_rows(cfg) if rows is None else rows
+    where = Path(cfg.run_dir)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    usage = shutil.disk_usage(where)
+    free = f"{_size(usage.free)} free of {_size(usage.total)} on the filesystem of {where}"
+    known = checkpoint_bytes(cfg, rows)
+    if known is None:
+        return f"disk: {free}; a checkpoint's size is known once the tokenizer stage has run"
+    size, how = known
+    count, need = future_saves_peak([r["step"] for r in rows if r["valid"]], size, cfg)
+    line = f"disk: a checkpoint takes {_size(size)} ({how}); {free}"
+    if need > usage.free:
+        return (f"{line}\nWARNING: the next {count} saves (checkpoint.keep_last={cfg.checkpoint.keep_last}, "
+                f"keep_every={cfg.checkpoint.keep_every}) need up to {_size(need)} more, and only {_size(usage.free)} "
+                "is free: free space there, lower checkpoint.keep_last, or move run_dir to a larger filesystem "
+                "(on Jean Zay: $SCRATCH)")
+    return f"{line}; the next {count} saves need up to {_size(need)} more: they fit"
 
 
 def _size(n: int) -> str:

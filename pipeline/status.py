@@ -8,6 +8,7 @@ from pathlib import Path
 
 from core import lineage
 from pipeline import registry
+from pipeline.checkpoint_cli import disk_report
 from pipeline.config import RunConfig
 from pipeline.executors import tail
 from pipeline.lock import pid_alive, slurm_job_states
@@ -96,5 +97,6 @@ def format_status(cfg: RunConfig) -> str:
         lines.append(f"{name:<11} {st.state:<15} {st.detail}".rstrip())
         if st.summary:
             lines += ["    " + line for line in st.summary.splitlines()]
+    lines.append(disk_report(cfg))
     lines.append(report_status(Path(cfg.run_dir)))
     return "\n".join(lines)
