@@ -154,3 +154,42 @@ def test_checkpoint_list_shows_validity_marks_and_tokens(run, capsys):
     assert "INVALID (graine_state.json has" in rows[4]
     assert rows[8].rstrip().endswith("valid  [release]") and "1,024" in rows[8]
     assert rows[12].rstrip().endswith("valid  [latest, export]") and "1,536" in rows[12]
+
+
+def test_a_bf16_trained_zero3_checkpoint_exports_and_dumps_its_fp32_masters(trained, tmp_path, monkeypatch):
+    """bf16 training under ZeRO-3 on 2 ranks: the export (fp32) holds the fp32 master weights, the same
+    values `graine checkpoint dump` reads through the universal conversion (two independent paths:
+    DeepSpeed's zero_to_fp32 and ds_to_universal), and transformers runs the release."""
+    from safetensors.torch import load_file
+
+    from pipeline.checkpoint_cli import checkpoint_command
+    from training.hf_mapping import to_hf_state_dict
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "run", run_dir, symlinks=True)
+    for done in ("checkpoints", "pretrain", "logs", "export"):
+        shutil.rmtree(run_dir / done, ignore_errors=True)
+    cfg = tiny_run.config(run_dir, trained / "corpus", "train.zero_stage=3", "train.precision=bf16",
+                          "train.train_tokens=1024")
+    runner.run(cfg, ["pretrain"], executor="local")
+    runner.run(cfg, ["export"], executor="inline")
+    out = run_dir / "export" / "global_step8"
+    assert json.loads((out / "graine_export.json").read_text())["saved_world_size"] == 2
+    exported = load_file(str(out / "model.safetensors"))
+    assert {v.dtype for v in exported.values()} == {torch.float32}
+
+    assert checkpoint_command(cfg, "dump", "8") == 0
+    dumped = load_file(str(run_dir / "dumps" / "global_step8" / "fp32.safetensors"))
+    from_dump = to_hf_state_dict(dumped, export.saved_model_config(run_dir / "checkpoints" / "global_step8"))
+    del from_dump["lm_head.weight"]
+    assert exported.keys() == from_dump.keys()
+    for name, value in exported.items():
+        assert torch.equal(value, from_dump[name]), name
+    # fp32 masters, not the bf16 copy: some value is not representable in bf16.
+    assert any(not torch.equal(v, v.bfloat16().float()) for v in exported.values())
+
+    model, tokenizer = load_release(out)
+    ids = torch.tensor([tokenizer(TEXT, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()

@@ -50,11 +50,11 @@ def back_to_step_8(reference: Path, run_dir: Path) -> None:
     (run_dir / "logs" / "metrics.jsonl").unlink()
 
 
-@pytest.mark.parametrize("zero", [1, 2, 3])
-def test_two_ranks_resume_on_one_through_universal(tmp_path, zero):
+@pytest.mark.parametrize("zero,precision", [(1, "fp32"), (2, "fp32"), (3, "fp32"), (1, "bf16"), (3, "bf16")])
+def test_two_ranks_resume_on_one_through_universal(tmp_path, zero, precision):
     reference = tmp_path / "ref"
     # keep_every=8: step 8 stays as a release beside the last two (12, 16).
-    common = [f"train.zero_stage={zero}", "checkpoint.keep_every=8"]
+    common = [f"train.zero_stage={zero}", f"train.precision={precision}", "checkpoint.keep_every=8"]
     result, output = launch(reference, common)
     assert result == "done", output[-4000:]
     want = losses(reference)
