@@ -136,8 +136,8 @@ def _write_states(source: Path, zero: Path, out: Path, max_bytes: int) -> dict:
     load = _reader(zero, shapes)
     files = {}
     for state in STATES:
-        files[state] = write_sharded(names, lambda n: 4 * _numel(shapes[n]), lambda n, s=state: load(s, n),
-                                     out, state, max_bytes)
+        files[state] = write_sharded(names, lambda n: 4 * _numel(shapes[n]),
+                                     lambda shard, s=state: {n: load(s, n) for n in shard}, out, state, max_bytes)
     common = safe_load.load(zero / "optimizer_state.pt")
     hyper = ("lr", "betas", "eps", "weight_decay", "amsgrad")
     param_groups = [{**{k: g[k] for k in hyper if k in g}, "params": list(group)}

@@ -13,11 +13,11 @@ if TYPE_CHECKING:
     import torch
 
 
-def write_sharded(names: list[str], nbytes: Callable[[str], int], load: Callable[[str], torch.Tensor],
+def write_sharded(names: list[str], nbytes: Callable[[str], int], load: Callable[[list[str]], dict[str, torch.Tensor]],
                   folder: Path, stem: str, max_bytes: int, metadata: dict | None = None) -> list[str]:
     """Write tensors as `<stem>.safetensors`, or as numbered shards of at most `max_bytes` each plus a
-    `<stem>.safetensors.index.json` (Hugging Face's layout). Tensors are loaded one shard at a time.
-    Returns the files written."""
+    `<stem>.safetensors.index.json` (Hugging Face's layout). `load(names)` gives one shard's tensors:
+    only one shard is in memory at a time. Returns the files written."""
     from safetensors.torch import save_file
 
     shards: list[list[str]] = [[]]
@@ -32,7 +32,7 @@ def write_sharded(names: list[str], nbytes: Callable[[str], int], load: Callable
              [f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     weight_map = {}
     for file, shard in zip(files, shards):
-        tensors = {name: load(name).contiguous() for name in shard}
+        tensors = {name: t.contiguous() for name, t in load(shard).items()}
         save_file(tensors, str(folder / file), metadata={"format": "pt", **(metadata or {})})
         os.chmod(folder / file, 0o644)  # safetensors creates 0600 files; a release is meant to be read
         weight_map.update(dict.fromkeys(shard, file))

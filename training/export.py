@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from core.config import build, param
 from core.errors import CheckpointError
 from core.stage import Stage, Step, TaskContext
 from training.config import ModelConfig
-from training.hf_mapping import hf_config, to_hf_state_dict
+from training.hf_mapping import expected_keys, hf_config, strip_wrappers
 
 
 @dataclass(kw_only=True)
@@ -122,13 +123,17 @@ def check_tokenizer(state: CheckpointState, tokenizer_dir: Path, rows: int) -> d
 
 
 def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: ExportConfig) -> dict:
-    """Write the Hugging Face release of the checkpoint `folder` into `out` (replaced); returns its record."""
+    """Write the Hugging Face release of the checkpoint `folder` into `out` (replaced); returns its record.
+
+    ZeRO 1-3 checkpoints are read shard by shard from their fp32 partitions (checkpoints.zero_stream):
+    memory holds one output shard, not the model."""
     import torch
 
     state = read_state(folder)
     model_cfg = saved_model_config(folder)
-    weights = consolidated_fp32(folder)
-    rows = weights["word_embeddings.weight"].shape[0]
+    weights = fp32_weights(folder)
+    shapes = {f"transformer.{k}": weights.shape(k) for k in expected_keys(model_cfg.num_layers)}
+    rows = shapes["transformer.word_embeddings.weight"][0]
     ids = check_tokenizer(state, tokenizer_dir, rows)
     config = hf_config(model_cfg, ids["vocab_size"], bos_token_id=ids["bos_token_id"],
                        eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"])
@@ -137,15 +142,19 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
                               f"vocabulary to {config.vocab_size}; the saved config.yaml does not match the weights")
     config.dtype = DTYPE_NAMES[export.dtype]
     dtype = getattr(torch, DTYPE_NAMES[export.dtype])
-    hf = to_hf_state_dict(weights, model_cfg)
-    del hf["lm_head.weight"]  # tied to the embeddings (tie_word_embeddings): transformers restores it
-    hf = {k: v.to(dtype) for k, v in hf.items()}
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    numel = {n: math.prod(s) for n, s in shapes.items()}
+    # lm_head.weight is not written: it is tied to the embeddings (tie_word_embeddings), transformers restores it.
+
+    def load(names: list[str]) -> dict[str, torch.Tensor]:
+        got = weights.read([n.removeprefix("transformer.") for n in names])
+        return {n: got[n.removeprefix("transformer.")].to(dtype) for n in names}
 
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     config.save_pretrained(str(out))
-    files = write_sharded(list(hf), lambda n: hf[n].numel() * hf[n].element_size(), hf.__getitem__, out, "model",
+    files = write_sharded(list(shapes), lambda n: numel[n] * itemsize, load, out, "model",
                           int(export.max_shard_gb * 1e9))
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
@@ -156,10 +165,33 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
               # that trained the same model release byte-identical folders.
               "source": f"{folder.parent.name}/{folder.name}", "source_weights_sha256": weights_sha256(folder),
               "saved_world_size": state.world_size, "dtype": export.dtype, "weights": files,
-              "parameters": sum(v.numel() for v in hf.values()),
-              "bytes": sum(v.numel() * v.element_size() for v in hf.values())}
+              "parameters": sum(numel.values()), "bytes": sum(numel.values()) * itemsize}
     (out / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
     return record
+
+
+class _WholeModule:
+    """ZeRO-0's weights (`consolidated_fp32`), behind ZeroCheckpoint's `shape`/`read` interface."""
+
+    def __init__(self, folder: Path):
+        self.weights = strip_wrappers(consolidated_fp32(folder))
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.weights[name].shape)
+
+    def read(self, names: list[str]) -> dict:
+        return {n: self.weights[n] for n in names}
+
+
+def fp32_weights(folder: Path):
+    """A reader of the checkpoint's fp32 weights by parameter name: streamed from the ZeRO partitions,
+    or the whole module of a ZeRO-0 checkpoint (which fits in one process by construction)."""
+    safe_load.require_safe(folder)
+    if optimizer_files(folder):
+        from checkpoints.zero_stream import ZeroCheckpoint
+
+        return ZeroCheckpoint(folder)
+    return _WholeModule(folder)
 
 
 # ------------------------------------------------------------------------------------------ stage

@@ -157,9 +157,8 @@ def test_checkpoint_list_shows_validity_marks_and_tokens(run, capsys):
 
 
 def test_a_bf16_trained_zero3_checkpoint_exports_and_dumps_its_fp32_masters(trained, tmp_path, monkeypatch):
-    """bf16 training under ZeRO-3 on 2 ranks: the export (fp32) holds the fp32 master weights, the same
-    values `graine checkpoint dump` reads through the universal conversion (two independent paths:
-    DeepSpeed's zero_to_fp32 and ds_to_universal), and transformers runs the release."""
+    """bf16 training under ZeRO-3 on 2 ranks: the export (fp32) holds the fp32 master weights, equal to
+    DeepSpeed's zero_to_fp32 and to what `graine checkpoint dump` writes, and transformers runs it."""
     from safetensors.torch import load_file
 
     from pipeline.checkpoint_cli import checkpoint_command
@@ -179,6 +178,7 @@ def test_a_bf16_trained_zero3_checkpoint_exports_and_dumps_its_fp32_masters(trai
     exported = load_file(str(out / "model.safetensors"))
     assert {v.dtype for v in exported.values()} == {torch.float32}
 
+    assert_equals_zero_to_fp32(exported, run_dir / "checkpoints" / "global_step8")
     assert checkpoint_command(cfg, "dump", "8") == 0
     dumped = load_file(str(run_dir / "dumps" / "global_step8" / "fp32.safetensors"))
     from_dump = to_hf_state_dict(dumped, export.saved_model_config(run_dir / "checkpoints" / "global_step8"))
@@ -193,3 +193,35 @@ def test_a_bf16_trained_zero3_checkpoint_exports_and_dumps_its_fp32_masters(trai
     ids = torch.tensor([tokenizer(TEXT, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()
+
+
+def assert_equals_zero_to_fp32(exported: dict, folder: Path) -> None:
+    """The export's tensors (read shard by shard from the partitions) equal DeepSpeed's zero_to_fp32."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from training.hf_mapping import to_hf_state_dict
+
+    theirs = to_hf_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name),
+                              export.saved_model_config(folder))
+    del theirs["lm_head.weight"]
+    assert exported.keys() == theirs.keys()
+    for name, value in exported.items():
+        assert torch.equal(value, theirs[name].float()), name
+
+
+def test_a_sharded_export_streams_the_zero2_partitions_of_two_ranks(run):
+    """Shards of 20 KB (many), each read from both ranks' partitions: the same tensors as zero_to_fp32."""
+    from safetensors.torch import load_file
+
+    cfg = cfg_of(run, "export.max_shard_gb=0.00002")
+    runner.run(cfg, ["export"], executor="inline", force=True)
+    out = run[0] / "export" / "global_step12"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) >= 3
+    from checkpoints.zero_stream import ZeroCheckpoint
+
+    zero = ZeroCheckpoint(run[0] / "checkpoints" / "global_step12")
+    assert zero.world == 2 and any(len(zero._pieces(zero.places[n])) == 2 for n in zero.names)  # across ranks
+    exported = {k: v for f in files for k, v in load_file(str(out / f)).items()}
+    assert_equals_zero_to_fp32(exported, run[0] / "checkpoints" / "global_step12")
