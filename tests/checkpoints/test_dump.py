@@ -1,6 +1,6 @@
 """`graine checkpoint dump`: every parameter's fp32 weights and Adam moments, equal to what the live
 optimizer held when the checkpoint was saved (gathered from the ZeRO partitions of both ranks in the
-training processes themselves), whatever the ZeRO stage."""
+training processes themselves), whatever the ZeRO stage, in fp32 and bf16 training."""
 
 from __future__ import annotations
 
@@ -29,11 +29,12 @@ def read_state(folder, state: str) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("zero", [2, 3])
-def test_dump_equals_the_live_optimizer(tmp_path, zero):
+@pytest.mark.parametrize("zero,precision", [(1, "bf16"), (2, "fp32"), (3, "fp32")])
+def test_dump_equals_the_live_optimizer(tmp_path, zero, precision):
     run_dir = tmp_path / "run"
     live_file = tmp_path / "live.pt"
-    overrides = [f"train.zero_stage={zero}", "train.train_tokens=1024"]  # 8 steps, saved at 4 and 8
+    # 8 steps, saved at 4 and 8
+    overrides = [f"train.zero_stage={zero}", f"train.precision={precision}", "train.train_tokens=1024"]
     result, output = launch(run_dir, overrides, optimizer_state=live_file)
     assert result == "done", output[-4000:]
     live = torch.load(live_file)

@@ -263,7 +263,8 @@ def test_dump_and_universal_resume_refuse_planted_pickles(zero2, tmp_path, marke
         checkpoint_command(cfg, "dump", "8")
     assert not (run_dir / "dumps").exists() or not list((run_dir / "dumps").iterdir())
 
-    # A published universal conversion is loaded by graine (dump) and DeepSpeed (resume on 1 rank).
+    # A published universal conversion is loaded by DeepSpeed on resume (1 rank); the dump reads the
+    # checkpoint's own partitions, so it still works and the planted copy is never unpickled.
     model_states.write_bytes(original)
     manifest.seal(folder)
     universal = convert(folder)
@@ -271,15 +272,14 @@ def test_dump_and_universal_resume_refuse_planted_pickles(zero2, tmp_path, marke
     data = torch.load(victim, weights_only=False)
     torch.save({**data, "planted": ExecPayload(marker)}, victim)
     manifest.seal(universal)
-    with pytest.raises(safe_load.UnsafeCheckpointError, match=f"{victim} would import builtins.exec"):
-        checkpoint_command(cfg, "dump", "8")
+    assert checkpoint_command(cfg, "dump", "8") == 0 and not marker.exists()
     result, output = launch(run_dir, LONGER, nproc=1)
     assert result.startswith("error: UnsafeCheckpointError"), output[-4000:]
     assert f"{victim} would import builtins.exec" in result and f"--trust-checkpoint {universal}" in result
 
 
 def test_export_refuses_planted_pickles(zero2, tmp_path, marker):
-    from training.export import consolidated_fp32
+    from training.export import consolidated_fp32, fp32_weights
 
     run_dir = copy_run(zero2, tmp_path / "run")
     folder = run_dir / "checkpoints" / "global_step8"
@@ -287,7 +287,10 @@ def test_export_refuses_planted_pickles(zero2, tmp_path, marker):
     plant(victim, Payload(marker))
     with pytest.raises(safe_load.UnsafeCheckpointError, match=f"{victim} would import posix.system"):
         consolidated_fp32(folder)
+    with pytest.raises(safe_load.UnsafeCheckpointError, match=f"{victim} would import posix.system"):
+        fp32_weights(folder)  # the export's streaming reader
     assert consolidated_fp32(run_dir / "checkpoints" / "global_step4")  # an untouched one still exports
+    assert fp32_weights(run_dir / "checkpoints" / "global_step4").names
 
     # Without ZeRO, graine reads the model states itself (weights_only=True).
     zero0 = tmp_path / "zero0"
