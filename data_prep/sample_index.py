@@ -30,6 +30,7 @@ import numpy as np
 
 from core.errors import DataError
 from core.fs import atomic_open, write_atomic
+from core.progress import Progress
 from data_prep.indexed_dataset import IndexedDataset
 
 log = logging.getLogger("graine.sample_index")
@@ -179,6 +180,7 @@ class BlendedSampleIndex:
     def _build(self) -> dict[str, np.ndarray]:
         ds_index, ds_sample = blend_order(self.weights, self.num_samples)
         arrays = {"ds_index": ds_index, "ds_sample": ds_sample}
+        progress = Progress(f"sample index {self.split}", len(self.names), "datasets", logger=log)
         for d, (name, data) in enumerate(zip(self.names, self.datasets)):
             needed = int(ds_sample[ds_index == d].max()) + 1 if np.any(ds_index == d) else 0
             order, pos, off, epochs = dataset_samples(np.asarray(data.sizes), self.seq_len, max(needed, 1),
@@ -186,6 +188,8 @@ class BlendedSampleIndex:
             if epochs > 1:
                 log.info("%s %s: weight %.3f needs %d epochs", self.split, name, self.weights[d], epochs)
             arrays[f"order{d}"], arrays[f"pos{d}"], arrays[f"off{d}"] = order, pos, off
+            progress.update(1, samples=len(order))
+        progress.close()
         return arrays
 
     @staticmethod

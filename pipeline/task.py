@@ -93,6 +93,11 @@ class StagePaths:
         """Record that the work folder's parts belong to the attempt `key` (lineage.Fingerprint.key), started now."""
         write_atomic(self.fingerprint_file, json.dumps({"key": key, "started": time.time()}))
 
+    def progress_dir(self, step: str) -> Path:
+        """Where the tasks of `step` write their progress files (core/progress.py), one per rank: in the
+        work folder, so never part of what is published or hashed."""
+        return self.work / "progress" / step
+
     def marker(self, step: str, rank: int) -> Path:
         return self.work / "completions" / step / f"{rank:05d}"
 
@@ -145,7 +150,7 @@ class TaskRunner:
             return "done"
         ctx = TaskContext(cfg, self.stage.name, self.step, rank, self.num_tasks,
                           out_dir=paths.staging if self.stage.publish else paths.published, work_dir=paths.scratch,
-                          folders=folders)
+                          folders=folders, progress_dir=paths.progress_dir(self.step))
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
@@ -171,7 +176,8 @@ class TaskRunner:
         cfg: RunConfig = build(RunConfig, self.cfg, "")
         paths = StagePaths(Path(cfg.run_dir), self.stage.name)
         ctx = TaskContext(cfg, self.stage.name, self.step, rank, world,
-                          out_dir=paths.published, work_dir=paths.scratch, folders=upstream_folders(self.stage))
+                          out_dir=paths.published, work_dir=paths.scratch, folders=upstream_folders(self.stage),
+                          progress_dir=paths.progress_dir(self.step) if rank == 0 else None)
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         try:
             result = self._step().run(ctx) or "done"

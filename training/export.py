@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -38,6 +39,7 @@ from checkpoints.universal import optimizer_files
 from core.config import RunConfigBase as RunConfig
 from core.config import build, param
 from core.errors import CheckpointError
+from core.progress import Progress
 from core.stage import Stage, Step, TaskContext
 from training.config import ModelConfig
 from training.hf_mapping import hf_config, to_hf_state_dict
@@ -121,8 +123,11 @@ def check_tokenizer(state: CheckpointState, tokenizer_dir: Path, rows: int) -> d
             "pad_token_id": info.pad_id if info.pad_id >= 0 else None}
 
 
-def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: ExportConfig) -> dict:
-    """Write the Hugging Face release of the checkpoint `folder` into `out` (replaced); returns its record."""
+def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: ExportConfig,
+                      progress: Callable[..., Progress] | None = None) -> dict:
+    """Write the Hugging Face release of the checkpoint `folder` into `out` (replaced); returns its record.
+
+    `progress` (TaskContext.progress) makes the Progress of the tensors written."""
     import torch
 
     state = read_state(folder)
@@ -145,8 +150,11 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
         shutil.rmtree(out)
     out.mkdir(parents=True)
     config.save_pretrained(str(out))
+    tracker = progress(total=len(hf), unit="tensors", what=f"export {folder.name}") if progress else None
     files = write_sharded(list(hf), lambda n: hf[n].numel() * hf[n].element_size(), hf.__getitem__, out, "model",
-                          int(export.max_shard_gb * 1e9))
+                          int(export.max_shard_gb * 1e9), written=tracker.update if tracker else None)
+    if tracker is not None:
+        tracker.close()
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copy2(tokenizer_dir / name, out / name)
@@ -182,7 +190,8 @@ def export_step(ctx: TaskContext) -> None:
     folder = select_checkpoint(checkpoint_dir(cfg.run_dir), parse_step(cfg.export.step, "export.step"),
                                key="export.step")
     ctx.log.info("exporting %s as %s safetensors", folder, cfg.export.dtype)
-    record = export_checkpoint(folder, ctx.input_dir("tokenizer"), ctx.out_dir / folder.name, cfg.export)
+    record = export_checkpoint(folder, ctx.input_dir("tokenizer"), ctx.out_dir / folder.name, cfg.export,
+                               progress=ctx.progress)
     _carry_over(ctx.run_dir / STAGE.folder, ctx.out_dir, folder.name)
     last = {**record, "path": f"{STAGE.folder}/{folder.name}"}  # relative to the run directory
     (ctx.out_dir / LAST).write_text(json.dumps(last, indent=1, sort_keys=True))
