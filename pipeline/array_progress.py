@@ -3,8 +3,10 @@ what `graine status` prints for a running or queued stage.
 
     filter: 12/64 tasks done, 8 running, 44 pending; 1,230 docs/s, 41.2 MB/s, ETA 1h12m
 
-A task is done when its marker exists, running when it has a progress file that is not finished (and,
-on this host, whose process is alive), pending otherwise. The rates are the running tasks' sums. The ETA
+A task is done when its marker exists; running when the executor says its job runs (a live local
+process, a RUNNING Slurm array element) or when it has a progress file that is not finished (and, on
+this host, whose process is alive); pending otherwise. A running task whose file has not changed for
+three intervals is counted as silent (stuck, or in a phase that reports nothing). The rates are the running tasks' sums. The ETA
 is the slowest running task's when nothing is pending; otherwise the step's elapsed time scaled by the
 share of its work left (each running task counting for its done/total, or for nothing without a total).
 """
@@ -25,7 +27,7 @@ class StepProgress:
     step: str
     tasks: int
     done: int = 0
-    running: list[dict] = field(default_factory=list)  # the running tasks' progress files
+    running: list[dict] = field(default_factory=list)  # the running tasks' progress files ({} when none)
     started: float | None = None  # the earliest start of any task of the step that wrote a progress file
 
     @property
@@ -36,6 +38,8 @@ class StepProgress:
         """{unit/s: summed rate} over the running tasks, plus "MB/s" when they count bytes."""
         out: dict[str, float] = {}
         for p in self.running:
+            if not p:
+                continue  # a running job that has written no progress file yet
             unit = str(p.get("unit") or "units")
             out[f"{unit}/s"] = out.get(f"{unit}/s", 0.0) + float(p.get("rate") or 0.0)
         mb = sum(float(p.get("byte_rate") or 0.0) for p in self.running) / 1e6
@@ -56,9 +60,16 @@ class StepProgress:
             return None
         return max(now - self.started, 0.0) * (1 - share) / share
 
+    def silent(self, now: float) -> int:
+        """Running tasks whose progress file is older than three of its intervals."""
+        return sum(1 for p in self.running if isinstance(p.get("updated"), (int, float))
+                   and now - p["updated"] > 3 * float(p.get("interval_s") or 30.0))
+
     def line(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
-        text = f"{self.step}: {self.done}/{self.tasks} tasks done, {len(self.running)} running, {self.pending} pending"
+        silent = self.silent(now)
+        text = (f"{self.step}: {self.done}/{self.tasks} tasks done, {len(self.running)} running"
+                + (f" ({silent} silent for 3 progress intervals)" if silent else "") + f", {self.pending} pending")
         rates = [f"{format_rate(v)} {k}" for k, v in self.rates().items()]
         eta = self.eta(now)
         if eta is not None:
@@ -83,8 +94,10 @@ def is_running(p: dict) -> bool:
     return True  # another node's process: its job's state (squeue) is the caller's evidence
 
 
-def step_progress(step: str, tasks: int, progress_dir: Path, marker) -> StepProgress:
-    """The progress of `step`'s `tasks` tasks; `marker(step, rank)` is the path of a task's completion marker."""
+def step_progress(step: str, tasks: int, progress_dir: Path, marker, running: set[int] = frozenset()
+                  ) -> StepProgress:
+    """The progress of `step`'s `tasks` tasks; `marker(step, rank)` is the path of a task's completion
+    marker, `running` the ranks whose jobs the executor knows to run."""
     out = StepProgress(step, tasks)
     for rank in range(tasks):
         p = read_progress(progress_dir / f"{rank:05d}.json")
@@ -92,6 +105,8 @@ def step_progress(step: str, tasks: int, progress_dir: Path, marker) -> StepProg
             out.started = p["started"] if out.started is None else min(out.started, p["started"])
         if marker(step, rank).exists():
             out.done += 1
-        elif p is not None and is_running(p):
+        elif p is not None and (rank in running or is_running(p)):
             out.running.append(p)
+        elif rank in running:
+            out.running.append({})
     return out

@@ -57,10 +57,11 @@ def _from_jobs(cfg: RunConfig, stage, paths: StagePaths, jobs: dict) -> StageSta
             return StageStatus(stage.name, "unknown", "squeue does not answer: cannot tell whether its jobs run")
         if live and not (unfinished and set(live) == {pub}):  # only the publication left: its tasks failed
             state = "running" if any(s == "RUNNING" for s, _ in live.values()) else "queued"
-            return StageStatus(stage.name, state, _progress_detail(cfg, stage, paths, jobs) + "jobs "
+            running = {k for k, j in by_rank.items() if live.get(j, ("",))[0] == "RUNNING"}
+            return StageStatus(stage.name, state, _progress_detail(cfg, stage, paths, jobs, running) + "jobs "
                                + ", ".join(f"{j} {s.lower()}" for j, (s, _) in live.items()))
-    elif any(j.isdigit() and pid_alive(int(j)) for j in by_rank.values()):
-        return StageStatus(stage.name, "running", _progress_detail(cfg, stage, paths, jobs)
+    elif alive := {k for k, j in by_rank.items() if j.isdigit() and pid_alive(int(j))}:
+        return StageStatus(stage.name, "running", _progress_detail(cfg, stage, paths, jobs, alive)
                            + f"local processes {', '.join(sorted(set(by_rank.values())))}")
     summary = _summary(stage, paths.published) if not stage.publish else ""
     if not unfinished:
@@ -76,9 +77,10 @@ def _from_jobs(cfg: RunConfig, stage, paths: StagePaths, jobs: dict) -> StageSta
                        "the unfinished tasks", summary)
 
 
-def _progress_detail(cfg: RunConfig, stage, paths: StagePaths, jobs: dict) -> str:
+def _progress_detail(cfg: RunConfig, stage, paths: StagePaths, jobs: dict, running: set[tuple[str, int]]) -> str:
     """How far the first step with tasks left has got, from its tasks' markers and progress files, as
-    `filter: 12/64 tasks done, 8 running, 44 pending; 41.2 MB/s, ETA 1h12m; ` ("" when every step is done)."""
+    `filter: 12/64 tasks done, 8 running, 44 pending; 41.2 MB/s, ETA 1h12m; ` ("" when every step is done);
+    `running`: the (step, rank) tasks whose jobs run."""
     submitted = jobs.get("jobs", {})
     for step in stage.steps:
         if step.name not in submitted:
@@ -87,7 +89,8 @@ def _progress_detail(cfg: RunConfig, stage, paths: StagePaths, jobs: dict) -> st
             tasks = step.count(cfg)
         except Exception:  # a config that no longer splits the same way: count what was submitted
             tasks = len(submitted[step.name])
-        progress = step_progress(step.name, tasks, paths.progress_dir(step.name), paths.marker)
+        progress = step_progress(step.name, tasks, paths.progress_dir(step.name), paths.marker,
+                                 {r for s, r in running if s == step.name})
         if progress.done < tasks:
             return progress.line() + "; "
     return ""

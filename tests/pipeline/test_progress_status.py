@@ -68,6 +68,13 @@ def test_aggregation_over_done_running_pending_and_dead_tasks(tmp_path):
     assert step.eta(now) == pytest.approx(300 * 5.4 / 2.6)
     assert step.line(now) == "filter: 2/8 tasks done, 2 running, 4 pending; 6.00 docs/s, 0.30 MB/s, ETA 10m23s"
 
+    # Tasks whose jobs the executor knows to run: running even without a file, or with a dead-looking one.
+    known = step_progress("filter", 8, paths.progress_dir("filter"), paths.marker, running={4, 5})
+    assert (known.done, len(known.running), known.pending) == (2, 4, 2)
+    assert known.rates() == pytest.approx({"docs/s": 7.0, "MB/s": 0.3})  # rank 4's 1 doc/s; rank 5 has no file
+    # A running task that has not written for three intervals (1 s each here) is silent.
+    assert "2 running (2 silent for 3 progress intervals), 4 pending" in step.line(now + 10)
+
     # Nothing pending: the slowest running task's own ETA.
     last = step_progress("filter", 4, paths.progress_dir("filter"), paths.marker)
     assert (last.done, len(last.running), last.pending) == (2, 2, 0)
@@ -80,7 +87,7 @@ def test_running_tasks_without_a_total_fall_back_to_the_share_of_tasks_done(tmp_
     write_task(paths, 0, done=10, total=None, seconds=10, started=now - 100, finished=True)
     paths.marker("filter", 0).parent.mkdir(parents=True, exist_ok=True)
     paths.marker("filter", 0).write_text("{}")
-    write_task(paths, 1, done=10, total=None, seconds=10, started=now - 40)
+    write_task(paths, 1, done=10, total=None, seconds=10, started=now - 10)
     step = step_progress("filter", 4, paths.progress_dir("filter"), paths.marker)
     assert step.eta(now) == pytest.approx(100 * 3)  # 1 of 4 tasks in 100 s
     assert step.line(now) == "filter: 1/4 tasks done, 1 running, 2 pending; 1.00 docs/s, ETA 5m00s"
@@ -126,8 +133,9 @@ def test_status_of_a_live_local_array_then_its_kept_progress_files(tmp_path):
         wait_for(waiting, 120, "task 0 to finish and tasks 1-3 to wait at 200 docs")
         st = stage_status(cfg, "toy-progress")
         assert st.state == "running", st
-        assert re.match(r"count: 1/4 tasks done, 3 running, 0 pending; [\d,.]+ docs/s, [\d.]+ MB/s, ETA \w+; "
-                        r"local processes ", st.detail), st.detail
+        # The waiting tasks write nothing: after three intervals they are called silent.
+        assert re.match(r"count: 1/4 tasks done, 3 running( \(3 silent for 3 progress intervals\))?, 0 pending; "
+                        r"[\d,.]+ docs/s, [\d.]+ MB/s, ETA \w+; local processes ", st.detail), st.detail
         go.write_text("")
         assert driver.wait(timeout=120) == 0
     finally:
