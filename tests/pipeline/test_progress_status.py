@@ -180,3 +180,23 @@ def test_clean_stage_of_the_demo_config_reports_progress_in_its_task_logs(tmp_pa
     assert "\r" not in text
     record = json.loads((run / "clean" / "_COMPLETE.json").read_text())
     assert not [f for f in record["files"] if "progress" in f]
+
+
+def test_tokenizer_and_preprocess_progress_files_agree_with_their_outputs(tmp_path):
+    """Inline runs write progress files too; after publication they are kept beside the job logs."""
+    run = tmp_path / "run"
+    tiny_run.prepare(run, tmp_path / "corpus")
+    kept = run / "logs" / "jobs"
+    clean_docs = json.loads((run / "clean" / "stats.json").read_text())["totals"]["docs_out"]
+    sample = read_progress(kept / "tokenizer" / "progress" / "sample" / "00000.json")
+    # The last pass over clean/ (a sampling pass) knew its total from the counting pass.
+    assert sample["finished"] and sample["done"] == sample["total"] == clean_docs
+    assert sample["what"].startswith("tokenizer sample: sampling")
+    blend = json.loads((run / "shards" / "blend.json").read_text())
+    tokenize = read_progress(kept / "preprocess" / "progress" / "tokenize" / "00000.json")
+    assert tokenize["finished"] and tokenize["done"] == clean_docs
+    assert tokenize["counts"]["tokens"] == sum(t["tokens"] for t in blend["totals"].values())
+    assert tokenize["bytes"] == sum(d[s]["text_bytes"] for d in blend["datasets"].values() for s in ("train", "valid")
+                                    if s in d)
+    merge = read_progress(kept / "preprocess" / "progress" / "merge" / "00000.json")
+    assert merge["done"] == merge["total"] == len(blend["datasets"])
