@@ -6,9 +6,10 @@ what `graine status` prints for a running or queued stage.
 A task is done when its marker exists; running when the executor says its job runs (a live local
 process, a RUNNING Slurm array element) or when it has a progress file that is not finished (and, on
 this host, whose process is alive); pending otherwise. A running task whose file has not changed for
-three intervals is counted as silent (stuck, or in a phase that reports nothing). The rates are the running tasks' sums. The ETA
-is the slowest running task's when nothing is pending; otherwise the step's elapsed time scaled by the
-share of its work left (each running task counting for its done/total, or for nothing without a total).
+three intervals is counted as silent (stuck, or in a phase that reports nothing). The rates are the
+running tasks' sums. The ETA is the slowest running task's when nothing is pending; otherwise the step's
+elapsed time scaled by the share of its work left (each running task counting for its done/total, or for
+nothing without a total).
 """
 
 from __future__ import annotations
