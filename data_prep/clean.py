@@ -267,6 +267,7 @@ def run_filter(ctx: TaskContext) -> None:
             JsonlWriter(out / "rejects.jsonl") as rejects:
 
         def flush(batch: list[Document]) -> None:
+            read = _bytes_in(stats)
             for doc, (record, lang, reason) in zip(batch, cleaner.batch(batch)):
                 report.count_doc(stats, lang, doc.text, record["text"], reason)
                 size = len(record["text"].encode("utf-8"))
@@ -281,6 +282,7 @@ def run_filter(ctx: TaskContext) -> None:
                 if cfg.dedup.near:
                     sigs.append(hasher.signature(record["text"], cjk=lang in ("zh", "ja") or is_cjk(record["text"])))
             batch.clear()
+            progress.update(0, _bytes_in(stats) - read)  # the bytes the stats counted: no second encode
 
         pending: list[Document] = []
         progress = ctx.progress(unit="docs")  # documents read and their text bytes; no total before reading
@@ -298,7 +300,7 @@ def run_filter(ctx: TaskContext) -> None:
                     continue
                 if split is not None:
                     split[0] += 1
-                progress.update(1, len(item.text.encode("utf-8", "surrogatepass")))
+                progress.update(1)
                 pending.append(item)
                 if len(pending) == BATCH_DOCS:
                     flush(pending)
@@ -314,6 +316,10 @@ def run_filter(ctx: TaskContext) -> None:
     write_json(out / "steps.json", {"order": [step.name for step in cleaner.steps], "counts": cleaner.step_counts})
     ctx.log.info("clean/filter %d: %d files or ranges, kept %d, excluded %d, rejected %d", ctx.rank, len(slices),
                  kept.count, excluded.count, rejects.count)
+
+
+def _bytes_in(stats: dict) -> int:
+    return sum(entry["bytes_in"] for entry in stats["languages"].values())
 
 
 def _broken_file(ctx: TaskContext, path: Path, reject: Reject) -> None:
