@@ -14,10 +14,12 @@ if TYPE_CHECKING:
 
 
 def write_sharded(names: list[str], nbytes: Callable[[str], int], load: Callable[[list[str]], dict[str, torch.Tensor]],
-                  folder: Path, stem: str, max_bytes: int, metadata: dict | None = None) -> list[str]:
+                  folder: Path, stem: str, max_bytes: int, metadata: dict | None = None,
+                  written: Callable[[int, int], None] | None = None) -> list[str]:
     """Write tensors as `<stem>.safetensors`, or as numbered shards of at most `max_bytes` each plus a
     `<stem>.safetensors.index.json` (Hugging Face's layout). `load(names)` gives one shard's tensors:
-    only one shard is in memory at a time. Returns the files written."""
+    only one shard is in memory at a time. `written(tensors, bytes)` is called after each shard is
+    saved (progress). Returns the files written."""
     from safetensors.torch import save_file
 
     shards: list[list[str]] = [[]]
@@ -37,6 +39,8 @@ def write_sharded(names: list[str], nbytes: Callable[[str], int], load: Callable
         os.chmod(folder / file, 0o644)  # safetensors creates 0600 files; a release is meant to be read
         weight_map.update(dict.fromkeys(shard, file))
         del tensors
+        if written is not None:
+            written(len(shard), sum(nbytes(n) for n in shard))
     if len(files) > 1:
         index = {"metadata": {"total_size": sum(nbytes(n) for n in names)}, "weight_map": weight_map}
         (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from core.config import RunConfigBase as RunConfig
+from core.progress import Progress
 
 
 def one_task(cfg: RunConfig) -> int:
@@ -80,6 +81,9 @@ class TaskContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("graine"))
     # Where each upstream stage publishes, when not under its own name ({"preprocess": "shards"}).
     folders: Mapping[str, str] = field(default_factory=dict)
+    # Where this step's tasks write their progress files (`<stage work folder>/progress/<step>/`); None:
+    # progress lines only (a stage run by hand, outside the orchestration).
+    progress_dir: Path | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -88,3 +92,10 @@ class TaskContext:
     def input_dir(self, stage: str) -> Path:
         """The published output of an upstream stage."""
         return self.run_dir / self.folders.get(stage, stage)
+
+    def progress(self, total: int | None = None, unit: str = "docs", what: str = "", **kwargs) -> Progress:
+        """A `Progress` of this task, logging to the task's log and writing its progress file."""
+        path = self.progress_dir / f"{self.rank:05d}.json" if self.progress_dir is not None else None
+        meta = {"stage": self.stage, "step": self.step, "rank": self.rank, "world_size": self.world_size}
+        return Progress(what or f"{self.stage}/{self.step} task {self.rank}", total, unit, path=path,
+                        logger=self.log, meta=meta, **kwargs)

@@ -40,7 +40,6 @@ from typing import Literal
 
 import numpy as np
 import zstandard
-from tqdm import tqdm
 
 from core.config import RunConfigBase as RunConfig
 from core.config import param
@@ -268,6 +267,7 @@ def run_filter(ctx: TaskContext) -> None:
             JsonlWriter(out / "rejects.jsonl") as rejects:
 
         def flush(batch: list[Document]) -> None:
+            read = _bytes_in(stats)
             for doc, (record, lang, reason) in zip(batch, cleaner.batch(batch)):
                 report.count_doc(stats, lang, doc.text, record["text"], reason)
                 size = len(record["text"].encode("utf-8"))
@@ -282,10 +282,11 @@ def run_filter(ctx: TaskContext) -> None:
                 if cfg.dedup.near:
                     sigs.append(hasher.signature(record["text"], cjk=lang in ("zh", "ja") or is_cjk(record["text"])))
             batch.clear()
+            progress.update(0, _bytes_in(stats) - read)  # the bytes the stats counted: no second encode
 
         pending: list[Document] = []
-        bar = tqdm(slices, desc=f"clean/filter {ctx.rank}", unit="file", disable=None)
-        for piece in bar:
+        progress = ctx.progress(unit="docs")  # documents read and their text bytes; no total before reading
+        for piece in slices:
             stats["files"] += piece.start == 0  # a file split into byte ranges counts once
             split = ranges.setdefault(piece.file.source, [0, 0]) if piece.end is not None else None
             for item in read_slice(piece, Fields(cfg.text_field, cfg.id_field, cfg.code_field)):
@@ -299,11 +300,12 @@ def run_filter(ctx: TaskContext) -> None:
                     continue
                 if split is not None:
                     split[0] += 1
+                progress.update(1)
                 pending.append(item)
                 if len(pending) == BATCH_DOCS:
                     flush(pending)
-            bar.set_postfix(kept=kept.count, excluded=excluded.count, rejected=rejects.count)
         flush(pending)
+        progress.close()
     write_npy(out / "sizes.npy", np.array(sizes, dtype=np.uint64))
     write_npy(out / "excluded_sizes.npy", np.array(excluded_sizes, dtype=np.uint64))
     write_json(out / "ranges.json", ranges)
@@ -314,6 +316,10 @@ def run_filter(ctx: TaskContext) -> None:
     write_json(out / "steps.json", {"order": [step.name for step in cleaner.steps], "counts": cleaner.step_counts})
     ctx.log.info("clean/filter %d: %d files or ranges, kept %d, excluded %d, rejected %d", ctx.rank, len(slices),
                  kept.count, excluded.count, rejects.count)
+
+
+def _bytes_in(stats: dict) -> int:
+    return sum(entry["bytes_in"] for entry in stats["languages"].values())
 
 
 def _broken_file(ctx: TaskContext, path: Path, reject: Reject) -> None:
@@ -480,12 +486,14 @@ def run_write(ctx: TaskContext) -> None:
     readers = {name: RowReader([_task_dir(ctx, "filter", r) / STREAMS[name] for r in range(len(counts))], counts)
                for name, counts in plan["rows"].items()}
     stats = report.new_stats()  # the duplicates' counts, added to the filter tasks' by the stats step
+    progress = ctx.progress(total=sum(f["end"] - f["start"] for f in mine), unit="rows")
     for f in mine:
         start, end = f["start"], f["end"]
         lo, hi = np.searchsorted(dup_rows, [start, end])
         dup_at = {int(r): lo + i for i, r in enumerate(dup_rows[lo:hi])}  # row -> index in removed
         with LineWriter(ctx.out_dir / f["path"]) as out:
             for row, line in readers[f["stream"]].rows(start, end):
+                progress.update(1, len(line))
                 if f["select"] == "all" or (f["select"] == "kept" and row not in dup_at):
                     out.write(line)
                 elif f["select"] == "duplicates" and row in dup_at:
@@ -499,6 +507,7 @@ def run_write(ctx: TaskContext) -> None:
             raise DataError(f"clean/write: {f['path']} got {out.count} documents, the layout says {f['documents']}; "
                             "re-run the clean stage with --force")
         ctx.log.info("clean/write %d: %s, %d documents", ctx.rank, f["path"], out.count)
+    progress.close()
     for reader in readers.values():
         reader.close()
     write_json(ctx.work_dir / "stats" / f"{ctx.rank:05d}.json", stats)

@@ -23,8 +23,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from core.config import param
 from core.errors import DataError
 from core.fs import fsync_dir, write_json
@@ -60,8 +58,11 @@ def dataset_name(lang: str, source: str | None) -> str:
 # -------------------------------------------------------------------------------------------- count
 def count_step(ctx: TaskContext) -> None:
     shards = list_shards(ctx.input_dir("clean"))
-    counts = [{"name": p.name, "lines": count_lines(p)}
-              for p in tqdm(shards, desc="preprocess: counting documents", unit="shard")]
+    counts = []
+    with ctx.progress(total=len(shards), unit="shards", what="preprocess: counting documents") as progress:
+        for p in shards:
+            counts.append({"name": p.name, "lines": count_lines(p)})
+            progress.update(1, p.stat().st_size)
     total = sum(c["lines"] for c in counts)
     write_json(ctx.work_dir / "documents.json", {"shards": counts, "total": total}, indent=2)
 
@@ -113,7 +114,8 @@ class PartWriters:
             w.finalize()
 
 
-def encode_batch(sp, batch, writers: PartWriters, cfg, eod: int, threads: int) -> None:
+def encode_batch(sp, batch, writers: PartWriters, cfg, eod: int, threads: int) -> tuple[int, int]:
+    """Tokenise and write a batch of documents; (tokens written, text bytes) for the progress."""
     p = cfg.preprocess
     ids = sp.encode([d.text for d in batch], num_threads=threads)
     groups: dict[tuple, tuple[list, int]] = {}
@@ -127,6 +129,7 @@ def encode_batch(sp, batch, writers: PartWriters, cfg, eod: int, threads: int) -
         groups[key] = (docs, nbytes + len(doc.text.encode("utf-8", "surrogatepass")))
     for (split, name, lang, source), (docs, nbytes) in groups.items():
         writers.add(split, name, lang, source, docs, nbytes)
+    return sum(len(t) for t in ids), sum(nbytes for _, nbytes in groups.values())
 
 
 def tokenize_step(ctx: TaskContext) -> None:
@@ -141,13 +144,17 @@ def tokenize_step(ctx: TaskContext) -> None:
     threads = job_cpus()
     batch = []
     docs = read_document_range(ctx.input_dir("clean"), counts, start, stop)
-    for doc in tqdm(docs, desc=f"preprocess: task {ctx.rank}", total=stop - start, unit="doc", mininterval=10):
-        batch.append(doc)
-        if len(batch) == BATCH_DOCS:
-            encode_batch(sp, batch, writers, ctx.cfg, info.eod_id, threads)
-            batch = []
-    if batch:
-        encode_batch(sp, batch, writers, ctx.cfg, info.eod_id, threads)
+    # Lines of the range, blank ones included: a few more than the documents read when clean/ has blanks.
+    with ctx.progress(total=stop - start, unit="docs") as progress:
+        for doc in docs:
+            batch.append(doc)
+            if len(batch) == BATCH_DOCS:
+                tokens, nbytes = encode_batch(sp, batch, writers, ctx.cfg, info.eod_id, threads)
+                progress.update(len(batch), nbytes, tokens=tokens)
+                batch = []
+        if batch:
+            tokens, nbytes = encode_batch(sp, batch, writers, ctx.cfg, info.eod_id, threads)
+            progress.update(len(batch), nbytes, tokens=tokens)
     writers.finalize()
     manifest = {"rank": ctx.rank, "world_size": ctx.world_size, "start": start, "stop": stop,
                 "tokenizer_hash": info.hash, "datasets": writers.meta}
@@ -201,7 +208,8 @@ def merge_step(ctx: TaskContext) -> None:
     for m in manifests:
         for name, meta in m["datasets"].items():
             datasets.setdefault(name, {"lang": meta["lang"], "source": meta["source"]})
-    for name in tqdm(sorted(datasets), desc="preprocess: merging", unit="dataset"):
+    progress = ctx.progress(total=len(datasets), unit="datasets", what="preprocess: merging")
+    for name in sorted(datasets):
         for split in SPLITS:
             parts = [ctx.work_dir / "tasks" / f"{m['rank']:05d}" / split / name
                      for m in manifests if split in m["datasets"].get(name, {})]
@@ -210,6 +218,8 @@ def merge_step(ctx: TaskContext) -> None:
                 metas = [m["datasets"][name][split] for m in manifests if split in m["datasets"].get(name, {})]
                 datasets[name][split] = {"path": f"{split}/{name}", "text_bytes": sum(x["text_bytes"] for x in metas),
                                          "max_id": max(x["max_id"] for x in metas), **merged}
+        progress.update(1)
+    progress.close()
     weights = blend_weights(datasets, cfg.preprocess.alpha, cfg.preprocess.multipliers)
     for name, d in datasets.items():
         d["weight"] = round(weights[name], 12)

@@ -31,6 +31,7 @@ import numpy as np
 
 from core.errors import DataError
 from core.fs import atomic_open, write_atomic
+from core.progress import Progress
 from data_prep.indexed_dataset import IndexedDataset
 
 log = logging.getLogger("graine.sample_index")
@@ -229,6 +230,7 @@ class BlendedSampleIndex:
         ds_index, ds_sample = blend_order(self.weights, self.num_samples)
         arrays = {"ds_index": ds_index, "ds_sample": ds_sample}
         counts = np.bincount(ds_index, minlength=len(self.datasets))
+        progress = Progress(f"sample index {self.split}", len(self.names), "datasets", logger=log)
         for d, (name, data) in enumerate(zip(self.names, self.datasets)):
             needed = int(counts[d])
             order, pos, off, epochs = dataset_samples(np.asarray(data.sizes), self.seq_len, max(needed, 1),
@@ -236,6 +238,8 @@ class BlendedSampleIndex:
             if epochs > 1:
                 log.info("%s %s: weight %.3f needs %d epochs", self.split, name, self.weights[d], epochs)
             arrays[f"order{d}"], arrays[f"pos{d}"], arrays[f"off{d}"] = order, pos, off
+            progress.update(1, samples=len(order))
+        progress.close()
         return arrays
 
     @staticmethod

@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from core.fs import atomic_open
+from core.progress import Progress
 from data_prep.shards import CleanDocument
 
 log = logging.getLogger("graine.sampling")
@@ -67,6 +66,23 @@ def lines_of(text: str) -> Iterable[str]:
     return (line for line in text.split("\n") if line.strip())
 
 
+# Makes the Progress of one pass over the corpus: (total documents or None, unit, what) -> Progress
+# (TaskContext.progress in the stage).
+ProgressFactory = Callable[..., Progress]
+
+
+def tracked(docs: Iterable[CleanDocument], progress: ProgressFactory | None, what: str, total: int | None = None
+            ) -> Iterable[CleanDocument]:
+    """`docs`, counted (documents and UTF-8 bytes) by a Progress when a factory is given."""
+    if progress is None:
+        yield from docs
+        return
+    with progress(total=total, unit="docs", what=what) as p:
+        for doc in docs:
+            p.update(1, len(doc.text.encode("utf-8", "surrogatepass")))
+            yield doc
+
+
 @dataclass
 class SampleResult:
     shares: dict  # the content of sample/shares.json
@@ -77,7 +93,7 @@ class SampleResult:
 def count_bytes(docs: Iterable[CleanDocument], seed: int, heldout_fraction: float) -> dict[str, int]:
     """Pass 1: line bytes per language, held-out documents excluded."""
     sizes: dict[str, int] = {}
-    for doc in tqdm(docs, desc="tokenizer sample: counting", unit="doc", mininterval=5):
+    for doc in docs:
         if is_heldout(doc, seed, heldout_fraction):
             continue
         n = sum(len(line.encode("utf-8", "surrogatepass")) for line in lines_of(doc.text))
@@ -90,7 +106,7 @@ def collect(docs: Iterable[CleanDocument], thresholds: dict[str, float], seed: i
     candidates: dict[str, tuple[float, str, str]] = {}  # digest -> (key, lang, line); first occurrence wins
     heldout: dict[str, list[str]] = {}
     heldout_bytes: dict[str, int] = {}
-    for doc in tqdm(docs, desc="tokenizer sample: sampling", unit="doc", mininterval=5):
+    for doc in docs:
         if is_heldout(doc, seed, heldout_fraction):
             if heldout_bytes.get(doc.lang, 0) < HELDOUT_BYTES_PER_LANG:
                 heldout.setdefault(doc.lang, []).append(doc.text)
@@ -128,7 +144,8 @@ def write_lines(path: Path, lines: Iterable[str]) -> None:
 
 
 def fill_budgets(read_docs, sizes: dict[str, int], targets: dict[str, float], total: int, seed: int,
-                 heldout_fraction: float, max_passes: int = 6):
+                 heldout_fraction: float, max_passes: int = 6, progress: ProgressFactory | None = None,
+                 num_docs: int | None = None):
     """Pass 2 (repeated while needed): candidates under each language's key threshold.
 
     Duplicates make a language's unique bytes fall short of what pass 1 counted; such a language gets a
@@ -138,8 +155,9 @@ def fill_budgets(read_docs, sizes: dict[str, int], targets: dict[str, float], to
     sizes = dict(sizes)
     budgets = byte_budgets(sizes, targets, total)
     thresholds = {k: min(1.0, OVERSAMPLE * budgets[k] / sizes[k] + 1e-3) for k in budgets if sizes[k]}
-    for _ in range(max_passes):
-        candidates, heldout = collect(read_docs(), thresholds, seed, heldout_fraction)
+    for n in range(max_passes):
+        docs = tracked(read_docs(), progress, f"tokenizer sample: sampling (pass {n + 2})", num_docs)
+        candidates, heldout = collect(docs, thresholds, seed, heldout_fraction)
         avail: dict[str, int] = {}
         for _key, lang, line in candidates.values():
             avail[lang] = avail.get(lang, 0) + len(line.encode("utf-8", "surrogatepass"))
@@ -159,16 +177,28 @@ def fill_budgets(read_docs, sizes: dict[str, int], targets: dict[str, float], to
 
 
 def build_sample(read_docs: Callable[[], Iterable[CleanDocument]], out: Path, *, alpha: float, sample_bytes: int,
-                 seed: int, heldout_fraction: float, check_memory: Callable[[int], None] | None = None
-                 ) -> SampleResult:
-    """Write `out/sample.txt` (one line a sentence), `out/heldout.jsonl` and `out/shares.json`."""
+                 seed: int, heldout_fraction: float, check_memory: Callable[[int], None] | None = None,
+                 progress: ProgressFactory | None = None) -> SampleResult:
+    """Write `out/sample.txt` (one line a sentence), `out/heldout.jsonl` and `out/shares.json`.
+
+    `progress` makes the Progress of each pass over the corpus (the first one counts the documents, so
+    the later ones know their total)."""
     out.mkdir(parents=True, exist_ok=True)
-    sizes = count_bytes(read_docs(), seed, heldout_fraction)
+    counted = [0]
+
+    def counting(docs: Iterable[CleanDocument]) -> Iterable[CleanDocument]:
+        for doc in docs:
+            counted[0] += 1
+            yield doc
+
+    sizes = count_bytes(counting(tracked(read_docs(), progress, "tokenizer sample: counting (pass 1)")), seed,
+                        heldout_fraction)
     total = min(sample_bytes, sum(sizes.values()))
     if check_memory is not None:
         check_memory(total)  # fail before the expensive passes, not after them
     targets = alpha_weights(sizes, alpha)
-    candidates, heldout, budgets = fill_budgets(read_docs, sizes, targets, total, seed, heldout_fraction)
+    candidates, heldout, budgets = fill_budgets(read_docs, sizes, targets, total, seed, heldout_fraction,
+                                                progress=progress, num_docs=counted[0])
     chosen = select(candidates, budgets)
     got: dict[str, list[int]] = {k: [0, 0] for k in sizes}
     for _, lang, line in chosen:

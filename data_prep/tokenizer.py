@@ -131,7 +131,7 @@ def sample_step(ctx: TaskContext) -> None:
     # An adopted tokenizer is not trained: the sample is only written for its held-out documents (the report).
     memory = None if t.from_pretrained else (lambda n: check_memory(ctx.cfg, n))
     build_sample(lambda: read_documents(clean), ctx.out_dir / "sample", alpha=t.alpha, sample_bytes=t.sample_bytes,
-                 seed=ctx.cfg.seed, heldout_fraction=t.heldout_fraction, check_memory=memory)
+                 seed=ctx.cfg.seed, heldout_fraction=t.heldout_fraction, check_memory=memory, progress=ctx.progress)
 
 
 def trainer_args(cfg, sample: Path, prefix: Path, threads: int) -> dict:

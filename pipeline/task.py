@@ -93,6 +93,16 @@ class StagePaths:
         """Record that the work folder's parts belong to the attempt `key` (lineage.Fingerprint.key), started now."""
         write_atomic(self.fingerprint_file, json.dumps({"key": key, "started": time.time()}))
 
+    def progress_dir(self, step: str) -> Path:
+        """Where the tasks of `step` write their progress files (core/progress.py), one per rank: in the
+        work folder, so never part of what is published or hashed."""
+        return self.work / "progress" / step
+
+    @property
+    def kept_progress(self) -> Path:
+        """Where the publication keeps the tasks' last progress files: beside the stage's job logs."""
+        return self.logs() / "progress"
+
     def marker(self, step: str, rank: int) -> Path:
         return self.work / "completions" / step / f"{rank:05d}"
 
@@ -145,7 +155,7 @@ class TaskRunner:
             return "done"
         ctx = TaskContext(cfg, self.stage.name, self.step, rank, self.num_tasks,
                           out_dir=paths.staging if self.stage.publish else paths.published, work_dir=paths.scratch,
-                          folders=folders)
+                          folders=folders, progress_dir=paths.progress_dir(self.step))
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
@@ -171,7 +181,8 @@ class TaskRunner:
         cfg: RunConfig = build(RunConfig, self.cfg, "")
         paths = StagePaths(Path(cfg.run_dir), self.stage.name)
         ctx = TaskContext(cfg, self.stage.name, self.step, rank, world,
-                          out_dir=paths.published, work_dir=paths.scratch, folders=upstream_folders(self.stage))
+                          out_dir=paths.published, work_dir=paths.scratch, folders=upstream_folders(self.stage),
+                          progress_dir=paths.progress_dir(self.step) if rank == 0 else None)
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         try:
             result = self._step().run(ctx) or "done"
@@ -240,6 +251,7 @@ def publish(cfg: RunConfig, stage: Stage) -> str:
         extra = stage.record(folder) if stage.record is not None else {}
         lineage.write_record(folder, stage, fp, started, {"num_tasks": _num_tasks(paths), "jobs": _jobs(paths),
                                                           **extra})
+        _keep_progress(paths)
         shutil.rmtree(paths.work, ignore_errors=True)
         return str(folder)
     staging = paths.staging
@@ -254,9 +266,25 @@ def publish(cfg: RunConfig, stage: Stage) -> str:
     os.replace(staging, target)
     fsync_dir(target.parent)  # the rename itself survives a crash of the node
     shutil.rmtree(old, ignore_errors=True)
+    _keep_progress(paths)
     shutil.rmtree(paths.work, ignore_errors=True)
     log.info("published %s", target)
     return str(target)
+
+
+def _keep_progress(paths: StagePaths) -> None:
+    """Move the tasks' progress files (each task's last rates and counts) out of the work folder, which
+    goes next, to logs/jobs/<stage>/progress/: outside every published folder, so in no hash."""
+    src = paths.work / "progress"
+    if not src.is_dir():
+        return
+    dst = paths.kept_progress
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dst)
+    except OSError as exc:  # progress is for people watching: never a reason to fail a publication
+        log.warning("could not keep the progress files of %s (%s)", paths.stage, exc)
 
 
 def _started(paths: StagePaths) -> float:

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 from core.config import param
 from core.errors import ConfigError, DataError
 from core.fs import write_json
+from core.progress import Progress
 from core.stage import Stage, Step, TaskContext
 from training.hf_compat import import_transformers
 
@@ -47,7 +47,6 @@ class EvaluateConfig:
                              "export (empty: perplexity only)")
     task_dir: str = param("", help="folder of local lm-eval task YAMLs (include_path), for tasks on local files")
     limit: int = param(0, ge=0, help="lm-eval documents per task at most (0: all)")
-    progress_seconds: float = param(30.0, gt=0.0, help="seconds between progress lines")
 
     def __post_init__(self):
         if self.step not in ("all", "latest") and not self.step.isdigit():
@@ -93,24 +92,6 @@ def valid_tokens(shards: Path, name: str, meta: dict) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- perplexity
-class Progress:
-    """A progress line every `seconds` (tokens done, rate, ETA): readable in a Slurm log, no \\r bars."""
-
-    def __init__(self, what: str, total: int, seconds: float):
-        self.what, self.total, self.seconds = what, total, seconds
-        self.start = self.last = time.monotonic()
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self.last < self.seconds and done < self.total:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        log.info("%s: %d/%d tokens (%.0f%%), %.0f tokens/s, ETA %.0f s", self.what, done, self.total,
-                 100 * done / max(self.total, 1), rate, eta)
-
-
 def score_tokens(model, tokens: np.ndarray, seq_len: int, batch_size: int, progress: Progress | None = None
                  ) -> tuple[float, int]:
     """(total NLL in nats, tokens predicted) over non-overlapping windows of `seq_len` tokens."""
@@ -136,11 +117,19 @@ def score_tokens(model, tokens: np.ndarray, seq_len: int, batch_size: int, progr
         total += nll[keep].double().sum().item()
         count += int(keep.sum().item())
         if progress is not None:
-            progress.update(count)
+            progress.update(sum(len(w) for w in batch))
     return total, count
 
 
-def perplexity(model, shards: Path, ev: EvaluateConfig, seq_len: int) -> dict[str, dict]:
+def tokens_to_score(shards: Path, ev: EvaluateConfig) -> int:
+    """Validation tokens `perplexity` reads (its progress total)."""
+    blend = json.loads((shards / "blend.json").read_text())
+    sizes = [int(m.get("valid", {}).get("tokens") or 0) for m in blend["datasets"].values()]
+    return sum(min(n, ev.max_tokens) if ev.max_tokens else n for n in sizes)
+
+
+def perplexity(model, shards: Path, ev: EvaluateConfig, seq_len: int, progress: Progress | None = None
+               ) -> dict[str, dict]:
     """Per dataset of the validation split: tokens, mean NLL, perplexity and bits per byte."""
     blend = json.loads((shards / "blend.json").read_text())
     out: dict[str, dict] = {}
@@ -151,8 +140,7 @@ def perplexity(model, shards: Path, ev: EvaluateConfig, seq_len: int) -> dict[st
         tokens = valid_tokens(shards, name, meta)
         if ev.max_tokens:
             tokens = tokens[:ev.max_tokens]
-        nll, count = score_tokens(model, tokens, seq_len, ev.batch_size,
-                                  Progress(f"evaluate {name}", len(tokens), ev.progress_seconds))
+        nll, count = score_tokens(model, tokens, seq_len, ev.batch_size, progress)
         # Bytes of the text the scored tokens stand for: the split's bytes per token (blend.json) times
         # the tokens predicted.
         bytes_per_token = meta["valid"]["text_bytes"] / meta["valid"]["tokens"]
@@ -226,7 +214,9 @@ def evaluate_step(ctx: TaskContext) -> None:
         ctx.log.info("evaluating %s (step %s) on %s", folder, record["step"], device)
         model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
                                                                   dtype=torch.float32).to(device).eval()
-        scores = perplexity(model, ctx.input_dir("preprocess"), ev, seq_len)
+        shards = ctx.input_dir("preprocess")
+        with ctx.progress(total=tokens_to_score(shards, ev), unit="tokens", what=f"evaluate {folder.name}") as progress:
+            scores = perplexity(model, shards, ev, seq_len, progress)
         out = ctx.out_dir / folder.name
         out.mkdir(parents=True)
         base = {"step": record["step"], "consumed_tokens": record.get("consumed_tokens"),

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -39,6 +40,7 @@ from checkpoints.universal import optimizer_files
 from core.config import RunConfigBase as RunConfig
 from core.config import build, param
 from core.errors import CheckpointError
+from core.progress import Progress
 from core.stage import Stage, Step, TaskContext
 from training.config import ModelConfig
 from training.hf_mapping import expected_keys, hf_config, strip_wrappers
@@ -122,11 +124,13 @@ def check_tokenizer(state: CheckpointState, tokenizer_dir: Path, rows: int) -> d
             "pad_token_id": info.pad_id if info.pad_id >= 0 else None}
 
 
-def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: ExportConfig) -> dict:
+def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: ExportConfig,
+                      progress: Callable[..., Progress] | None = None) -> dict:
     """Write the Hugging Face release of the checkpoint `folder` into `out` (replaced); returns its record.
 
     ZeRO 1-3 checkpoints are read shard by shard from their fp32 partitions (checkpoints.zero_stream):
-    memory holds one output shard, not the model."""
+    memory holds one output shard, not the model. `progress` (TaskContext.progress) makes the Progress
+    of the tensors written."""
     import torch
 
     state = read_state(folder)
@@ -154,8 +158,11 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
         shutil.rmtree(out)
     out.mkdir(parents=True)
     config.save_pretrained(str(out))
+    tracker = progress(total=len(shapes), unit="tensors", what=f"export {folder.name}") if progress else None
     files = write_sharded(list(shapes), lambda n: numel[n] * itemsize, load, out, "model",
-                          int(export.max_shard_gb * 1e9))
+                          int(export.max_shard_gb * 1e9), written=tracker.update if tracker else None)
+    if tracker is not None:
+        tracker.close()
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copy2(tokenizer_dir / name, out / name)
@@ -214,7 +221,8 @@ def export_step(ctx: TaskContext) -> None:
     folder = select_checkpoint(checkpoint_dir(cfg.run_dir), parse_step(cfg.export.step, "export.step"),
                                key="export.step")
     ctx.log.info("exporting %s as %s safetensors", folder, cfg.export.dtype)
-    record = export_checkpoint(folder, ctx.input_dir("tokenizer"), ctx.out_dir / folder.name, cfg.export)
+    record = export_checkpoint(folder, ctx.input_dir("tokenizer"), ctx.out_dir / folder.name, cfg.export,
+                               progress=ctx.progress)
     _carry_over(ctx.run_dir / STAGE.folder, ctx.out_dir, folder.name)
     last = {**record, "path": f"{STAGE.folder}/{folder.name}"}  # relative to the run directory
     (ctx.out_dir / LAST).write_text(json.dumps(last, indent=1, sort_keys=True))
