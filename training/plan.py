@@ -36,8 +36,8 @@ for fp32); the ZeRO paper's accounting (Rajbhandari et al. 2020), with DeepSpeed
               hidden states' gradient b·s·h·p.
 - overhead    GPU: 2 GiB fixed (CUDA context ~0.5, NCCL communicators and buffers ~1, cuBLAS/Triton
               workspaces ~0.5) plus 5% of everything else for the caching allocator's fragmentation.
-              CPU: 0.35 GiB per process (torch, DeepSpeed and gloo imported, as measured by
-              tests/pipeline/test_construction.py).
+              CPU: 0.45 GiB per process (torch, DeepSpeed, gloo and the kernels' modules loaded: 0.42 GB
+              measured by tests/pipeline/test_plan.py, plus what the first step's code pages add).
 The total adds every term as if all were held at once, an upper bound: activations are freed while
 the gradients appear during the backward pass.
 """
@@ -52,7 +52,7 @@ GIB = 1024**3
 DS_BUCKET = 500_000_000  # DeepSpeed's reduce_bucket_size / allreduce bucket default, elements
 GPU_FIXED_GIB = 2.0
 GPU_FRAGMENTATION = 0.05
-CPU_FIXED_GIB = 0.35
+CPU_FIXED_GIB = 0.45
 # Each job of a walltime-limited chain loses this to starting (modules, imports, process group, the
 # sample index mapped, the checkpoint loaded) beside the final save in the profile's signal_delay_s.
 JOB_START_MIN = 10.0
