@@ -112,14 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser(
         "plan", help="memory per GPU, FLOPs, time, GPU-hours and walltime jobs of the pretrain stage on the profile",
-        description="The pretrain stage's resource plan on cluster.profile: parameters; memory per GPU for weights, "
-                    "gradients, optimizer states (ZeRO 0-3), DeepSpeed buffers, activations (with and without "
-                    "activation checkpointing), the loss head and a fixed overhead, against the GPU's memory; FLOPs "
-                    "per token, tokens/s at an MFU, time to train.train_tokens, GPU-hours to request and the "
-                    "walltime-limited jobs it takes. When it does not fit it names the smallest change that does. "
-                    "Formulas: training/plan.py. Exit 0 whether or not it fits.",
-        epilog="example:\n  graine plan -c configs/demo.yaml cluster.profile=jean-zay-a100 model.size=176b "
-               "model.vocab_size=250880 \\\n      train.num_nodes=48 train.zero_stage=3 train.precision=bf16\n\n"
+        description="The pretrain stage's resource plan on cluster.profile (formulas: training/plan.py):\n"
+                    "- parameters, FLOPs per token;\n"
+                    "- memory per GPU by ZeRO stage 0-3: weights, gradients, optimizer states, DeepSpeed buffers,\n"
+                    "  activations (with and without activation checkpointing), the loss head and a fixed\n"
+                    "  overhead, against the GPU's memory;\n"
+                    "- tokens/s at an MFU, time to train.train_tokens, GPU-hours to request, and the\n"
+                    "  walltime-limited jobs (requeues) at the profile's gpu QoS limit;\n"
+                    "- when it does not fit, the smallest change that does.\n"
+                    "Exit 0 whether or not it fits; `graine run pretrain --executor slurm` refuses a plan that\n"
+                    "does not fit (exit 2) unless --force.",
+        epilog="examples:\n  graine plan -c configs/demo.yaml\n"
+               "  graine plan -c configs/bloom-176b.yaml train.zero_stage=3 train.activation_checkpointing=true\n"
+               "  graine plan -c configs/bloom-176b.yaml cluster.profile=jean-zay-h100 train.num_nodes=96 --mfu 0.4\n\n"
                + OVERRIDES, formatter_class=argparse.RawDescriptionHelpFormatter)
     pl.add_argument("--mfu", type=float, default=None,
                     help="model FLOPs utilisation to assume, e.g. 0.45 (default: the pretrain stage's measured one, "

@@ -143,8 +143,8 @@ def _memory_table(p: Plan) -> list[str]:
 
 def _time_lines(p: Plan) -> list[str]:
     spec = p.spec
-    lines = [f"  FLOPs per token       {p.flops_per_token:.4g} (6·(12·L·h² + V·h) + 12·L·h·T; x{model_plan.RECOMPUTE_FACTOR:.2f}"
-             f" executed with activation checkpointing)"]
+    lines = [f"  FLOPs per token       {p.flops_per_token:.4g} (6·(12·L·h² + V·h) + 12·L·h·T; activation "
+             f"checkpointing executes {model_plan.RECOMPUTE_FACTOR:.2f}x that)"]
     if p.tokens_per_s is None:
         why = (f"{spec.gpu.name} has no {spec.precision} (set train.precision=fp16)" if spec.gpu
                else "no peak FLOP/s is known for CPUs, so no MFU to apply; the run logs its measured tokens/s")
@@ -153,6 +153,9 @@ def _time_lines(p: Plan) -> list[str]:
     default = " (default: " + model_plan.DEFAULT_MFU_SOURCE + "; --mfu to change)" if spec.mfu == model_plan.DEFAULT_MFU else ""
     lines += [f"  peak                  {peak:g} TFLOP/s per GPU ({spec.gpu.name}, {spec.precision}) x {spec.ranks} GPUs",
               f"  MFU                   {spec.mfu:.1%}{default}",
+              *([f"                        with activation checkpointing a quarter of that work is recomputation: "
+                 f"{spec.mfu / model_plan.RECOMPUTE_FACTOR:.1%} counted in model FLOPs"]
+                if spec.activation_checkpointing else []),
               f"  tokens/s              {p.tokens_per_s:,.0f} ({p.tokens_per_s / spec.ranks:,.0f} per GPU)",
               f"  time to train_tokens  {p.train_hours:,.1f} h = {p.train_hours / 24:,.1f} days for {spec.train_tokens:,} tokens"]
     if p.job_hours:
