@@ -233,7 +233,7 @@ def _check_plan(cfg, targets, executor: str, force: bool) -> list[str]:
     for stage in targets:  # pretrain that is complete and stays so is not submitted: nothing to check
         action = runner.plan_stage(cfg, stage, force, upstream_rerun=upstream).action
         upstream = upstream or action == "run"
-        if stage.name == "pretrain" and action != "run":
+        if stage.name == "pretrain" and action == "skip":
             return []
     from pipeline.plan import refusal
 

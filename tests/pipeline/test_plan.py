@@ -185,6 +185,22 @@ def test_slurm_run_of_a_plan_that_does_not_fit_exits_2_before_anything_is_writte
     assert not (tmp_path / "run").exists()
 
 
+def test_slurm_run_pretrain_of_a_plan_that_does_not_fit_exits_2(capsys, tmp_path, monkeypatch):
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\n")
+    code = main(["run", "pretrain", "-c", str(config), "--executor", "slurm", *UNFIT])
+    err = capsys.readouterr().err
+    assert code == 2 and "pretrain: DOES NOT FIT" in err, err
+    assert not (tmp_path / "run").exists()
+    # The same job on the local executor is not planned against GPUs: it goes on to the runner, which
+    # refuses it for its own reason (the upstream stages have not run), exit 1.
+    code = main(["run", "pretrain", "-c", str(config), "--executor", "local", *UNFIT])
+    err = capsys.readouterr().err
+    assert code == 1 and "DOES NOT FIT" not in err and "upstream" in err, err
+
+
 def test_cpu_plans_never_stop_a_run():
     cfg = load_config(None, ["run_dir=/nonexistent", *UNFIT[:-2], "train.precision=fp32", "cluster.profile=local-cluster"])
     assert not pipeline_plan.make_plan(cfg).fits  # 176B does not fit this machine either...
