@@ -257,3 +257,37 @@ def test_memory_model_matches_one_cpu_process_within_20_percent(tmp_path, case):
           "growth by phase: " + ", ".join(f"{k} {(v - phases['baseline']) / 1e6:.0f} MB" for k, v in phases.items()))
     assert abs(grown / dynamic - 1) < 0.2
     assert abs(max(phases.values()) / predicted.total - 1) < 0.2
+
+
+# One GPU: torch.cuda.max_memory_allocated of DeepSpeed ZeRO-1 bf16 steps against the plan (issue 15 asks 15%).
+GPU_CASES = {"560m": ["model.size=560m", "train.micro_batch_size=4"], "1b7": ["model.size=1b7", "train.micro_batch_size=2"]}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the plan's GPU check needs one (issue 15)")
+@pytest.mark.parametrize("case", list(GPU_CASES))
+def test_memory_model_matches_one_gpu_within_15_percent(tmp_path, case):
+    """Not yet run on a GPU when written (no device was lent): the allocated peak of 3 ZeRO-1 bf16 steps at
+    sequence 2048, vocabulary 250,880, against the plan's total less its fixed overhead and fragmentation
+    (neither is in max_memory_allocated)."""
+    overrides = [*GPU_CASES[case], "model.vocab_size=250880", "train.seq_len=2048", "train.global_batch_size=4",
+                 "train.zero_stage=1", "train.precision=bf16", "cluster.profile=jean-zay-h100",
+                 "cluster.gpu.gpus_per_node=1"]
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"steps": 3, "vocab": 250880, "device": "cuda",
+                                "overrides": [f"run_dir={tmp_path / 'run'}", *overrides]}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+           "-m", "tests.support.plan_memory_worker", str(spec)]
+    proc = subprocess.run(cmd, env=env({"DS_ACCELERATOR": "cuda"}), cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    phases = json.loads(Path(f"{spec}.out.json").read_text())["phases"]
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", *overrides])
+    predicted = pipeline_plan.make_plan(cfg, gpu="H100-SXM5-80GB").memory
+    dynamic = predicted.total - predicted.overhead
+    grown = max(phases.values()) - phases["baseline"]
+    print(f"\nplan vs one GPU ({case}): predicted {dynamic / plan.GIB:.2f} GiB (states {predicted.states / plan.GIB:.2f}, "
+          f"buffers {predicted.buffers / plan.GIB:.2f}, activations {predicted.activations / plan.GIB:.2f}, loss head "
+          f"{predicted.loss_head / plan.GIB:.2f}), max_memory_allocated grew {grown / plan.GIB:.2f} GiB "
+          f"({grown / dynamic - 1:+.1%})")
+    assert abs(grown / dynamic - 1) < 0.15
