@@ -141,6 +141,12 @@ def _memory_table(p: Plan) -> list[str]:
     return lines
 
 
+def _duration(hours: float) -> str:
+    if hours < 1:
+        return f"{hours * 60:.1f} min"
+    return f"{hours:,.1f} h = {hours / 24:,.1f} days"
+
+
 def _time_lines(p: Plan) -> list[str]:
     spec = p.spec
     lines = [f"  FLOPs per token       {p.flops_per_token:.4g} (6·(12·L·h² + V·h) + 12·L·h·T; activation "
@@ -157,7 +163,7 @@ def _time_lines(p: Plan) -> list[str]:
                  f"{spec.mfu / model_plan.RECOMPUTE_FACTOR:.1%} counted in model FLOPs"]
                 if spec.activation_checkpointing else []),
               f"  tokens/s              {p.tokens_per_s:,.0f} ({p.tokens_per_s / spec.ranks:,.0f} per GPU)",
-              f"  time to train_tokens  {p.train_hours:,.1f} h = {p.train_hours / 24:,.1f} days for {spec.train_tokens:,} tokens"]
+              f"  time to train_tokens  {_duration(p.train_hours)} for {spec.train_tokens:,} tokens"]
     if p.job_hours:
         lines.append(f"  walltime jobs         {p.jobs:,} of {spec.walltime_min / 60:g} h ({p.job_hours:.2f} h of training each: "
                      f"{model_plan.JOB_START_MIN:g} min to start, {spec.signal_delay_s / 60:g} min for the final save), "
