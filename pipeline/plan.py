@@ -142,6 +142,8 @@ def _memory_table(p: Plan) -> list[str]:
 
 
 def _duration(hours: float) -> str:
+    if hours < 1 / 60:
+        return f"{hours * 3600:.2g} s"
     if hours < 1:
         return f"{hours * 60:.1f} min"
     return f"{hours:,.1f} h = {hours / 24:,.1f} days"
