@@ -25,7 +25,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup demo corpus test test-fast lint clean-corpus tokenizer preprocess pretrain resume export evaluate status report bench slurm-up slurm-down clean delete-runs
+.PHONY: help setup demo corpus test test-fast lint clean-corpus tokenizer preprocess pretrain resume export evaluate status report plan bench slurm-up slurm-down clean delete-runs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -76,6 +76,9 @@ status: setup  ## where each stage of the run stands
 
 report: setup  ## report/index.html and PNG figures of the run (loss, throughput, perplexity, data mix, lineage)
 	$(GRAINE) report -c $(CONFIG) $(ARGS)
+
+plan: setup  ## memory per GPU, time and GPU-hours of pretrain on the profile (e.g. ARGS='cluster.profile=jean-zay-a100')
+	$(GRAINE) plan -c $(CONFIG) $(ARGS)
 
 slurm-up:  ## install (first time) and start a local Slurm on this machine (NODES=2: two nodes)
 	bash slurm/local-cluster/install.sh

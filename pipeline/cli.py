@@ -9,6 +9,7 @@
     graine verify [STAGE] -c CONFIG                    # re-hash published outputs and checkpoints
     graine diff RUN_A RUN_B                            # where two runs diverge
     graine report -c CONFIG                            # report/index.html and PNG figures of the run
+    graine plan -c CONFIG [--mfu F] [--gpu MODEL]      # memory per GPU, time and GPU-hours of pretrain
 
 Exit codes: 0 success, 1 failure, 2 bad usage or configuration.
 """
@@ -109,6 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
                                        "perplexity, data mix, tokenizer, lineage)")
     _common(rp)
 
+    pl = sub.add_parser(
+        "plan", help="memory per GPU, FLOPs, time, GPU-hours and walltime jobs of the pretrain stage on the profile",
+        description="The pretrain stage's resource plan on cluster.profile (formulas: training/plan.py):\n"
+                    "- parameters, FLOPs per token;\n"
+                    "- memory per GPU by ZeRO stage 0-3: weights, gradients, optimizer states, DeepSpeed buffers,\n"
+                    "  activations (with and without activation checkpointing), the loss head and a fixed\n"
+                    "  overhead, against the GPU's memory;\n"
+                    "- tokens/s at an MFU, time to train.train_tokens, GPU-hours to request, and the\n"
+                    "  walltime-limited jobs (requeues) at the profile's gpu QoS limit;\n"
+                    "- when it does not fit, the smallest change that does.\n"
+                    "Exit 0 whether or not it fits; `graine run pretrain --executor slurm` refuses a plan that\n"
+                    "does not fit (exit 2) unless --force.",
+        epilog="examples:\n  graine plan -c configs/demo.yaml\n"
+               "  graine plan -c configs/bloom-176b.yaml train.zero_stage=3 train.activation_checkpointing=true\n"
+               "  graine plan -c configs/bloom-176b.yaml cluster.profile=jean-zay-h100 train.num_nodes=96 --mfu 0.4\n\n"
+               + OVERRIDES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pl.add_argument("--mfu", type=float, default=None,
+                    help="model FLOPs utilisation to assume, e.g. 0.45 (default: the pretrain stage's measured one, "
+                         "tests/benchmarks/RESULTS-gpu.md)")
+    pl.add_argument("--gpu", default=None, metavar="MODEL",
+                    help="plan for this GPU instead of the profile's gpu_model (training/plan.py GPU_MODELS)")
+    _common(pl)
+
     df = sub.add_parser("diff", help="compare two run directories stage by stage and say where they diverge")
     df.add_argument("run_a", metavar="RUN_A", help="a run directory (its run_dir)")
     df.add_argument("run_b", metavar="RUN_B", help="the run directory to compare it with")
@@ -158,7 +182,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _config(args):
+def _config(args, need_run_dir: bool = True):
     if args.config is None:
         raise ConfigError("no run configuration: pass -c CONFIG (e.g. -c configs/demo.yaml)")
     cfg = load_config(args.config, args.overrides)
@@ -170,7 +194,7 @@ def _config(args):
     if root and not cfg.run_dir.startswith(("/", "$", "~")):
         cfg.run_dir = f"{root.rstrip('/')}/{cfg.run_dir}"
     cfg.run_dir = os.path.expanduser(os.path.expandvars(cfg.run_dir))
-    if "$" in cfg.run_dir:
+    if "$" in cfg.run_dir and need_run_dir:
         raise ConfigError(f"run_dir={cfg.run_dir} names an unset environment variable; set it (e.g. $SCRATCH "
                           "on Jean Zay) or give run_dir as a path")
     return cfg
@@ -189,12 +213,34 @@ def cmd_run(args) -> int:
     cfg = _config(args)
     targets = runner.resolve([args.stage])
     checks = runner.preflight(cfg, targets, args.executor)  # dry run or not: a bad config exits 2 here
+    checks += _check_plan(cfg, targets, args.executor, args.force)
     if args.dry_run:
         print(dry_run(cfg, targets, args.executor, args.force, checks))
         return 0
     runner.run(cfg, [args.stage], executor=args.executor, force=args.force, wait=args.wait,
                command=shlex.join(["graine", *sys.argv[1:]]))
     return 0
+
+
+def _check_plan(cfg, targets, executor: str, force: bool) -> list[str]:
+    """On Slurm, a pretrain job whose plan does not fit its GPUs is not queued (exit 2) unless --force:
+    it would wait in the queue for hours, then fail at its first step."""
+    from pipeline import runner
+
+    if executor != "slurm" or "pretrain" not in [s.name for s in targets]:
+        return []
+    upstream = False
+    for stage in targets:  # pretrain that is complete and stays so is not submitted: nothing to check
+        action = runner.plan_stage(cfg, stage, force, upstream_rerun=upstream).action
+        upstream = upstream or action == "run"
+        if stage.name == "pretrain" and action == "skip":
+            return []
+    from pipeline.plan import refusal
+
+    why = refusal(cfg)
+    if why and not force:
+        raise ConfigError(f"pretrain: {why}. `graine plan -c CONFIG` shows the whole plan; --force submits anyway")
+    return [f"pretrain: memory plan ({why + '; submitted anyway: --force' if why else 'fits its GPUs'})"]
 
 
 def dry_run(cfg, targets, executor: str, force: bool, checks: list[str]) -> str:
@@ -346,6 +392,14 @@ def cmd_diff(args) -> int:
     return 0 if report.diverged_at is None else 1
 
 
+def cmd_plan(args) -> int:
+    from pipeline.plan import format_plan, make_plan
+
+    cfg = _config(args, need_run_dir=False)  # the run directory is only looked in for a trained tokenizer
+    print(format_plan(cfg, make_plan(cfg, mfu=args.mfu, gpu=args.gpu)))
+    return 0
+
+
 def cmd_report(args) -> int:
     from pipeline.report import build_report
 
@@ -355,7 +409,7 @@ def cmd_report(args) -> int:
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "sbatch": cmd_sbatch, "task": cmd_task,
             "publish": cmd_publish, "checkpoint": cmd_checkpoint, "verify": cmd_verify,
-            "diff": cmd_diff, "report": cmd_report}
+            "diff": cmd_diff, "report": cmd_report, "plan": cmd_plan}
 
 
 def entry() -> None:  # pragma: no cover - console script

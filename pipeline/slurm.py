@@ -155,6 +155,28 @@ def job_for(cfg: RunConfig, kind: Kind, num_tasks: int = 1) -> SlurmJob:
                     kind=kind, profile=cluster.profile, num_tasks=total)
 
 
+@dataclass(frozen=True)
+class TrainingAllocation:
+    """What `graine plan` reads of a profile for the pretrain job (no account needed)."""
+
+    gpus_per_node: int  # 0: CPU processes (train.devices_per_node of them)
+    gpu_model: str  # the profile's `gpu_model` (training.plan.GPU_MODELS), "" without GPUs
+    walltime_min: int  # the gpu QoS limit; 0 where the profile has none (no Slurm)
+    signal_delay_s: int
+    qos: str
+
+
+def training_allocation(cfg: RunConfig) -> TrainingAllocation:
+    """The gpu job's GPUs per node, model, walltime and QoS on `cluster.profile` with the config's
+    cluster.slurm / cluster.gpu overrides, as job_for merges them."""
+    profile = _read_profile(cfg.cluster.profile)
+    params = _merged_params(cfg, profile, "gpu")
+    gpus = _gpus_per_node(params, "cluster.gpu")
+    time = _minutes(params["time"], "cluster.gpu.time") if params.get("time") else 0
+    return TrainingAllocation(gpus, str(profile.get("gpu_model") or "") if gpus else "", time,
+                              int(params.get("signal_delay_s") or 0), str(params.get("qos") or ""))
+
+
 def _section(kind: str) -> str:
     return "cpu" if kind == "cpu" else "gpu"
 

@@ -165,8 +165,10 @@ class BloomModel(nn.Module):
         embedding lookup are left out; activation recomputation is not counted (it is overhead, not model
         FLOPs).
         """
-        L, h, V = self.cfg.num_layers, self.cfg.hidden_size, self.padded_vocab_size
-        return 6.0 * (12 * L * h * h + V * h) + 12.0 * L * h * seq_len
+        from training.plan import ModelShape, flops_per_token
+
+        shape = ModelShape(self.cfg.num_layers, self.cfg.hidden_size, self.cfg.num_heads, self.padded_vocab_size)
+        return flops_per_token(shape, seq_len)
 
 
 def parameter_seed(seed: int, name: str) -> int:
