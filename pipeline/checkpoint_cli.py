@@ -146,8 +146,10 @@ def checkpoint_bytes(cfg: RunConfig, rows: list[dict]) -> tuple[int, str] | None
 
 
 def parameter_count(cfg: RunConfig) -> int | None:
-    """Parameters of the configured model, counted on the meta device (no memory); None before the
+    """Parameters of the configured model (training.plan's count, which is BloomModel's); None before the
     tokenizer stage when model.vocab_size=0 (the tokenizer's)."""
+    from training.plan import ModelShape
+
     vocab = cfg.model.vocab_size
     if not vocab:
         from data_prep.tokenizer import tokenizer_info
@@ -156,12 +158,8 @@ def parameter_count(cfg: RunConfig) -> int | None:
             vocab = tokenizer_info(Path(cfg.run_dir) / "tokenizer").vocab_size
         except Exception:  # no tokenizer yet, or one that cannot be read: nothing to estimate from
             return None
-    import torch
-
-    from training.model import BloomModel
-
-    with torch.device("meta"):
-        return BloomModel(cfg.model, vocab, init=False).num_parameters()
+    m = cfg.model
+    return ModelShape(m.num_layers, m.hidden_size, m.num_heads, m.padded_vocab_size(vocab)).parameters()
 
 
 def future_saves_peak(steps: list[int], size: int, cfg: RunConfig) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from core.stage import Stage, Step
 from pipeline import registry, runner
 from pipeline.config import load_config
 from pipeline.status import stage_status
-from tests.support import toy_stages
+from tests.support import toy_stages, wait_for
 from tests.support.slurm_jobs import release_requeued
 
 pytestmark = pytest.mark.slurm
@@ -60,15 +60,6 @@ def toys(slurm_cluster, monkeypatch):
 def slurm_cfg(run_dir, *overrides):
     return load_config(None, [f"run_dir={run_dir}", "cluster.profile=local-cluster", "clean.num_tasks=3",
                               "train.devices_per_node=1", *overrides])
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def jobs_of(run_dir, stage):

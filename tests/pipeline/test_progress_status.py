@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from pipeline import runner
 from pipeline.array_progress import step_progress
 from pipeline.status import stage_status
 from pipeline.task import StagePaths
-from tests.support import progress_stage, tiny_run
+from tests.support import progress_stage, tiny_run, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,15 +103,6 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def wait_for(check, seconds: float, what: str):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_status_of_a_live_local_array_then_its_kept_progress_files(tmp_path):
     from pipeline.config import load_config
 
@@ -130,7 +120,7 @@ def test_status_of_a_live_local_array_then_its_kept_progress_files(tmp_path):
             # A waiting task's file says what it last wrote: up to one interval (5 updates) before 200.
             return paths.marker("count", 0).exists() and all(f and f["done"] >= 150 for f in files)
 
-        wait_for(waiting, 120, "task 0 to finish and tasks 1-3 to wait at 200 docs")
+        wait_for(waiting, 120, "task 0 to finish and tasks 1-3 to wait at 200 docs", poll=0.1)
         st = stage_status(cfg, "toy-progress")
         assert st.state == "running", st
         # The waiting tasks write nothing: after three intervals they are called silent.

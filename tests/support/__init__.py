@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,3 +24,13 @@ def env_faults_pythonpath() -> str:
     shim's folder first (Python then imports its `sitecustomize`), then the repository root, from which the
     shim imports tests.support.train_faults."""
     return os.pathsep.join([str(ENV_FAULTS), str(REPO)])
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 1.0) -> None:
+    """Return once `predicate()` is true; fail the test naming `what` after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
