@@ -4,6 +4,9 @@ SHELL := /bin/bash
 CONFIG ?= configs/demo.yaml
 EXECUTOR ?= local
 ARGS ?=
+# `make test` runs on 2 pytest workers: the Slurm tests (mostly waiting on jobs and walltimes) on one,
+# in order, the rest beside them (tests/conftest.py groups them). TEST_WORKERS=0 runs one process.
+TEST_WORKERS ?= 2
 # Inside an environment that already has torch (a cluster module, an active venv or conda env),
 # graine installs into it and leaves torch alone; otherwise it creates .venv with the CPU torch wheel.
 HOST_PY := $(shell command -v python3 || command -v python)
@@ -93,7 +96,7 @@ lint: setup  ## ruff, and the layer contracts of pyproject.toml (import-linter)
 
 # pytest exits 5 when it collects nothing: a filtered run with no tests is not a failure.
 test: setup lint  ## lint and the whole test suite (real Slurm tests need `make slurm-up` or CI)
-	$(PY) -m pytest -q $(ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(ARGS) || [ $$? -eq 5 ]
 
 test-fast: setup  ## tests not marked slow or slurm
 	$(PY) -m pytest -q -m "not slow and not slurm" $(ARGS) || [ $$? -eq 5 ]

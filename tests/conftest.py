@@ -43,6 +43,23 @@ def slurm_two_nodes() -> str:
     return _start_local_slurm(nodes=2)
 
 
+SLURM_FIXTURES = {"slurm_cluster", "slurm_two_nodes"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the group markers (its hook has no order)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test that uses the local Slurm goes first and into one xdist group: under `make test`
+    (`-n 2 --dist loadgroup`) one worker runs them in order, since they share one cluster that a test may
+    switch between 1 and 2 nodes, while the other worker runs the rest beside their waits on jobs and
+    walltimes. Without xdist the group marker does nothing and only the order changes."""
+    uses_slurm = [item for item in items
+                  if item.get_closest_marker("slurm") or SLURM_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    for item in uses_slurm:
+        item.add_marker(pytest.mark.xdist_group("slurm"))
+    chosen = set(map(id, uses_slurm))
+    items[:] = uses_slurm + [item for item in items if id(item) not in chosen]
+
+
 def _configured_nodes() -> int:
     """How many nodes the slurm.conf written by start.sh declares (1 when there is none)."""
     try:
