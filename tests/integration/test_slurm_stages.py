@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,3 +119,45 @@ def test_preempted_job_requeues_through_submitit_and_resumes(toys, tmp_path, mon
     assert starts[0] == ["0", "0"]
     assert starts[1][0] == "1" and int(starts[1][1]) >= 3  # the second start resumed, not restarted
     assert int(progress.read_text()) == 30
+
+
+def test_status_of_a_running_slurm_array_counts_its_elements_and_their_rates(slurm_cluster, tmp_path, monkeypatch):
+    """A real Slurm array of 6 tasks on at most 4 CPUs: once task 0 is done and the others wait at 200 docs,
+    `graine status` counts it done, the RUNNING elements running (their squeue state) and the rest pending,
+    with the running tasks' summed rate; then the array finishes and the stage is complete."""
+    from core.progress import INTERVAL_ENV, read_progress
+    from pipeline.task import StagePaths
+    from tests.support import progress_stage
+
+    go = tmp_path / "go"
+    monkeypatch.setenv("TOY_PROGRESS_GO", str(go))  # submitit hands the submitting environment to the jobs
+    monkeypatch.setenv(INTERVAL_ENV, "0.1")
+    progress_stage.register()
+    run = tmp_path / "run"
+    cfg = slurm_cfg(run, "clean.num_tasks=6")
+    paths = StagePaths(run, "toy-progress")
+    try:
+        runner.run(cfg, ["toy-progress"], executor="slurm")
+
+        def one_done_and_the_running_waiting() -> bool:
+            if not paths.marker("count", 0).exists():
+                return False
+            files = [read_progress(p) for p in paths.progress_dir("count").glob("*.json")]
+            waiting = [f for f in files if f and not f.get("finished") and f["done"] >= 150]
+            return len(waiting) >= 1 and stage_status(cfg, "toy-progress").state == "running"
+
+        wait_for(one_done_and_the_running_waiting, 180, "task 0 to finish and the running tasks to wait at 200")
+        st = stage_status(cfg, "toy-progress")
+        got = re.match(r"count: 1/6 tasks done, (\d) running.*?, (\d) pending; [\d,.]+ docs/s, [\d.]+ MB/s, "
+                       r"ETA \w+; jobs ", st.detail)
+        assert got, st.detail
+        running, pending = map(int, got.groups())
+        assert running + pending == 5 and running >= 1 and pending >= 1, st.detail  # 2 CPUs a node
+        assert "running" in st.detail.split("jobs ", 1)[1] and "pending" in st.detail.split("jobs ", 1)[1], st.detail
+    finally:
+        go.write_text("")  # whatever failed, the tasks finish on their own
+        try:
+            wait_for(lambda: stage_status(cfg, "toy-progress").state == "complete", 240, "the array to finish")
+        finally:
+            progress_stage.unregister()
+    assert (run / "toy-progress" / "count.txt").read_text() == "6000\n"
