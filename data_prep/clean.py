@@ -8,7 +8,8 @@ Steps (each task writes only its own files, each under a temporary name renamed 
   filter   N tasks  task r reads the r-th contiguous, size-balanced run of the inputs in key order (big
                     uncompressed jsonl files cut into byte ranges); batches of documents go through the
                     document steps (data_prep/clean_steps.py): normalise, drop empty text, judge code,
-                    remove boilerplate, identify the language, keep clean.languages, the quality checks of
+                    remove boilerplate, identify the language (a declared one: measure agreement and
+                    apply clean.declared_language_policy), keep clean.languages, the quality checks of
                     clean.quality_checks in their order (data_prep/quality/), redact PII; kept documents (in
                     key order), their keys, text sizes, exact hashes, MinHash signatures and LSH band hashes
                     go to work_dir/filter/<rank>/, excluded ones, rejects and the steps' counts beside.

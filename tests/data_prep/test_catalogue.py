@@ -330,3 +330,11 @@ def test_a_file_belongs_to_one_source(raw):
     cfg = load_config(None, [f"clean.sources=[{{name: a, paths: [{raw}/crawl/*]}}, {{name: b, paths: [{raw}/**/*.jsonl]}}]"])
     with pytest.raises(DataError, match=r"matched by clean.sources\[0\].paths and clean.sources\[1\].paths"):
         corpus_files(cfg.clean)
+
+
+def test_catalogue_round_trips_through_the_saved_config(raw, tmp_path):
+    """The resolved config saved beside a stage's outputs loads back to the same catalogue and hash."""
+    cfg = config(tmp_path, raw, news_fr={"declared_language_policy": "flag"})
+    (tmp_path / "saved.yaml").write_text(cfg.to_yaml())
+    again = load_config(tmp_path / "saved.yaml")
+    assert again.clean.sources == cfg.clean.sources and again.section_hash("clean") == cfg.section_hash("clean")
