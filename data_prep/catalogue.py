@@ -25,6 +25,7 @@ from typing import Literal
 from core.config import param
 from core.errors import ConfigError
 from data_prep.langid import check_languages
+from data_prep.quality import check_overrides
 
 DEFAULT_SOURCE = "inputs"  # the name of the clean.inputs shorthand's source
 SOURCE_FIELD = "source_name"  # the clean record field naming the document's source
@@ -48,7 +49,7 @@ class SourceConfig:
     declared_language_policy: Policy | None = param(None, help="overrides clean.declared_language_policy")
 
 
-def check_sources(sources: list[SourceConfig], inputs: list[str], check_filters) -> None:
+def check_sources(sources: list[SourceConfig], inputs: list[str]) -> None:
     """ConfigError naming the entry's key and the fix for a bad catalogue (no model or file is read)."""
     names = [DEFAULT_SOURCE] if inputs else []
     shares = 0.0
@@ -70,7 +71,7 @@ def check_sources(sources: list[SourceConfig], inputs: list[str], check_filters)
             raise ConfigError(f"{key} sets both weight and multiplier; keep one (weight: its share of the blend, "
                               "multiplier: a factor on its α-sampled weight)")
         shares += src.weight or 0.0
-        check_filters(src.filters, f"{key}.filters")
+        check_overrides(src.filters, f"{key}.filters")
     if shares > 1.0 + 1e-9:
         raise ConfigError(f"the weights of clean.sources sum to {shares:g}, more than 1; they are shares of the "
                           "blend: lower them")

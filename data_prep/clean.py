@@ -147,7 +147,7 @@ class CleanConfig:
     def __post_init__(self) -> None:
         check_quality_checks(self.quality_checks)
         check_overrides(self.filters)
-        check_sources(self.sources, self.inputs, check_overrides)
+        check_sources(self.sources, self.inputs)
 
 
 REASON_NAMES = {EXACT: "exact_duplicate", 1: "near_duplicate"}
@@ -179,7 +179,7 @@ def check(cfg: RunConfig, world_size: int = 1, gpus: bool = False) -> None:
     """The clean config's checks that need the code of this stage (the language-id model): ConfigError."""
     check_quality_checks(cfg.clean.quality_checks)  # again: a config may be edited after it is built
     check_overrides(cfg.clean.filters)
-    check_sources(cfg.clean.sources, cfg.clean.inputs, check_overrides)
+    check_sources(cfg.clean.sources, cfg.clean.inputs)
     check_languages(cfg.clean.languages)
 
 

@@ -59,7 +59,9 @@ def doc_source(record: dict, field: str) -> str:
     """The source a clean record belongs to: records of a run without catalogue have no source_name, and
     are all of the clean.inputs source."""
     value = record.get(field)
-    return str(value) if value else DEFAULT_SOURCE if field == SOURCE_FIELD else "none"
+    if value:
+        return str(value)
+    return DEFAULT_SOURCE if field == SOURCE_FIELD else "none"
 
 
 def validate(cfg) -> None:

@@ -232,6 +232,17 @@ def test_source_filters_apply_to_that_source_only(raw, tmp_path):
     cleaner = DocumentCleaner(cfg.clean, {})
     assert cleaner.params("fr", "news_fr").min_stopwords == 0.0
     assert cleaner.params("fr", "crawl").min_stopwords == cleaner.params("fr").min_stopwords == 0.2
+    # The code filter too: a source's `filters.code` judges its files only.
+    sources = catalogue(raw)
+    sources[3]["filters"] = {"code": {"min_chars": 10_000}}
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "other.py").write_text(CODE["stats.py"].replace("mean", "average"))
+    sources.append({"name": "more_code", "paths": [f"{tmp_path}/code/*"]})
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"clean.sources={json.dumps(sources)}",
+                             "preprocess.split_by_source=true"])
+    stats = json.loads((run_clean(cfg) / "stats.json").read_text())["sources"]
+    assert stats["code"]["docs_out"] == 0 and sum(stats["code"]["dropped"].values()) == 2
+    assert stats["more_code"]["docs_out"] == 1
 
 
 @pytest.mark.parametrize("num_tasks", [1, 3, 5])
@@ -254,8 +265,9 @@ def test_tokenizer_sample_counts_sources(kept, tmp_path):
     sources = result.shares["sources"]
     assert {"wolof", "news_fr", "crawl", "code"} >= set(sources) >= {"wolof", "news_fr"}
     assert sum(s["bytes"] for s in sources.values()) == result.shares["bytes"]
+    source_of = {r["text"]: r[SOURCE_FIELD] for r in records(kept)}
     heldout = list(read_jsonl(tmp_path / "sample" / "heldout.jsonl"))
-    assert heldout and all(r[SOURCE_FIELD] in sources or r[SOURCE_FIELD] in ("crawl", "code") for r in heldout)
+    assert heldout and all(r[SOURCE_FIELD] == source_of[r["text"]] for r in heldout)
 
 
 @pytest.fixture(scope="module")
