@@ -84,8 +84,16 @@ class RunConfigBase:
 def _without_shape(section: Any) -> Any:
     if not dataclasses.is_dataclass(section):
         return section
-    return {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v := getattr(section, f.name)) else v
-            for f in dataclasses.fields(section) if not f.metadata.get("shape")}
+    return {f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section) if not f.metadata.get("shape")}
+
+
+def _plain(value: Any) -> Any:
+    """A config value as JSON can hash it: dataclasses (alone or in lists, as clean.sources) as dicts."""
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def assemble(sections: dict[str, type]) -> type[RunConfigBase]:

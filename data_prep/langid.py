@@ -59,6 +59,14 @@ class LanguageIdentifier:
         # The compressed model's softmax can exceed 1 by a rounding error.
         return labels[0][len(_LABEL):], round(min(float(scores[0]), 1.0), 4)
 
+    def probabilities(self, text: str) -> dict[str, float]:
+        """Every label's probability (k=-1), for a declared language's agreement: {} for empty text."""
+        sample = text[: self.max_chars].replace("\n", " ")
+        if not sample.strip():
+            return {}
+        labels, scores = self.model.predict(sample, k=-1, threshold=-1.0)
+        return {label[len(_LABEL):]: round(min(float(score), 1.0), 4) for label, score in zip(labels, scores)}
+
 
 @functools.lru_cache(maxsize=1)
 def model_labels() -> frozenset[str]:

@@ -1,7 +1,8 @@
 """Raw-document readers: jsonl (plain, .gz, .zst), parquet, plain text and source files.
 
 `list_inputs` expands `clean.inputs` into a sorted, numbered file list (the number is part of every
-document's global key, so it must not depend on the task count); `split_inputs` cuts uncompressed
+document's global key, so it must not depend on the task count), `list_catalogue` the globs of every
+`clean.sources` entry into one such list whose files name their source; `split_inputs` cuts uncompressed
 jsonl files larger than a task's share into byte ranges, so one big file spreads over many tasks;
 `assign_files` splits files or ranges by size into tasks; `read_file` / `read_slice` yield a
 `Document` per record and a `Reject` per record they cannot read. A reject names its reason, file and
@@ -55,6 +56,7 @@ class InputFile:
     size: int
     kind: str  # jsonl | parquet | text | code | unknown
     code_lang: str = ""
+    source_name: str = ""  # the clean.sources entry whose globs matched the file ("" for clean.inputs)
 
 
 @dataclass(slots=True)
@@ -66,6 +68,7 @@ class Document:
     key: int  # file index << 32 | line: sorts documents in input order whatever the task split
     meta: dict = field(default_factory=dict)
     code_lang: str = ""
+    source_name: str = ""
 
 
 @dataclass(slots=True)
@@ -93,26 +96,43 @@ def list_inputs(patterns: list[str], code_extensions: list[str]) -> list[InputFi
     """Expand paths, directories and globs (`**` allowed) into a sorted list of files."""
     if not patterns:
         raise DataError("clean.inputs is empty; set it to the raw corpus, e.g. clean.inputs='[data/raw/**/*]'")
-    paths: set[Path] = set()
-    for pattern in patterns:
-        matched = [Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)]
-        found = [f for p in matched for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
-        broken = [f for f in found if f.is_symlink() and not f.exists()]
-        if broken:
-            raise DataError(f"clean.inputs entry {pattern!r}: {broken[0]} is a broken symbolic link (to "
-                            f"{os.readlink(broken[0])}); restore its target or remove the link")
-        found = [f for f in found if f.is_file() and not f.name.startswith(".")]
-        if not found:
-            raise DataError(f"clean.inputs entry {pattern!r} matches no file; check the path (globs such as "
-                            "data/raw/**/*.jsonl.zst are allowed)")
-        paths.update(p.resolve() for p in found)
-    ordered = sorted(paths, key=str)
+    return list_catalogue([("", patterns, "clean.inputs")], code_extensions)
+
+
+def list_catalogue(groups: list[tuple[str, list[str], str]], code_extensions: list[str]) -> list[InputFile]:
+    """The files of every (source name, patterns, config key) group, sorted and numbered together (so
+    keys are in path order whatever the sources), each naming its source; a file two sources match is
+    an error: a document belongs to one source."""
+    owner: dict[Path, tuple[str, str]] = {}
+    for name, patterns, key in groups:
+        for pattern in patterns:
+            for p in _expand(pattern, key):
+                if p in owner and owner[p][0] != name:
+                    raise DataError(f"{p} is matched by {owner[p][1]} and {key} ({pattern!r}); a file belongs to "
+                                    "one source: narrow one of the globs")
+                owner.setdefault(p, (name, key))
+    ordered = sorted(owner, key=str)
     root = Path(os.path.commonpath([p.parent for p in ordered]))
     files = []
     for i, p in enumerate(ordered):
         kind, code_lang = file_kind(p, [e.lower() for e in code_extensions])
-        files.append(InputFile(p, p.relative_to(root).as_posix(), i, p.stat().st_size, kind, code_lang))
+        files.append(InputFile(p, p.relative_to(root).as_posix(), i, p.stat().st_size, kind, code_lang,
+                               owner[p][0]))
     return files
+
+
+def _expand(pattern: str, key: str) -> list[Path]:
+    matched = [Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)]
+    found = [f for p in matched for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
+    broken = [f for f in found if f.is_symlink() and not f.exists()]
+    if broken:
+        raise DataError(f"{key} entry {pattern!r}: {broken[0]} is a broken symbolic link (to "
+                        f"{os.readlink(broken[0])}); restore its target or remove the link")
+    found = [f for f in found if f.is_file() and not f.name.startswith(".")]
+    if not found:
+        raise DataError(f"{key} entry {pattern!r} matches no file; check the path (globs such as "
+                        "data/raw/**/*.jsonl.zst are allowed)")
+    return [p.resolve() for p in found]
 
 
 @dataclass(frozen=True)
@@ -365,7 +385,8 @@ def _read_whole(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:
     if not text.strip():
         yield Reject("empty_file", f.source, 0, "the file holds only whitespace")
         return
-    yield Document(id=f.source, text=text, source=f.source, line=1, key=f.index << 32 | 1, code_lang=f.code_lang)
+    yield Document(id=f.source, text=text, source=f.source, line=1, key=f.index << 32 | 1, code_lang=f.code_lang,
+                   source_name=f.source_name)
 
 
 def record_to_document(record: object, f: InputFile, line: int, fields: Fields) -> Document | Reject:
@@ -384,4 +405,4 @@ def record_to_document(record: object, f: InputFile, line: int, fields: Fields) 
     if fields.code and isinstance(record.get(fields.code), str) and record[fields.code]:
         code_lang = record[fields.code]
     return Document(id=doc_id, text=text, source=f.source, line=line, key=f.index << 32 | line,
-                    meta=meta, code_lang=code_lang)
+                    meta=meta, code_lang=code_lang, source_name=f.source_name)

@@ -113,15 +113,15 @@ def params_for(lang: str, overrides: dict[str, dict[str, float]], default_min_la
     return Params(**values)
 
 
-def check_overrides(overrides: dict[str, dict[str, float]]) -> None:
-    """Reject unknown parameter names in `clean.filters` before any task starts."""
+def check_overrides(overrides: dict[str, dict[str, float]], key: str = "clean.filters") -> None:
+    """Reject unknown parameter names in `clean.filters` (or a source's `filters`, at `key`) before any task starts."""
     text_names = param_names()
     code_names = [f.name for f in dataclasses.fields(CodeParams)]
     for lang, values in overrides.items():
         valid = code_names if lang == "code" else text_names
         for name in values:
             if name not in valid:
-                raise ConfigError(f"unknown key 'clean.filters.{lang}.{name}'; valid keys: {', '.join(valid)}")
+                raise ConfigError(f"unknown key '{key}.{lang}.{name}'; valid keys: {', '.join(valid)}")
 
 
 class QualityFilter:
