@@ -72,6 +72,7 @@ from data_prep.dedup import (
 from data_prep.filters import CodeFilter, code_params
 from data_prep.jsonl import JsonlWriter, LineWriter, dumps, read_jsonl, write_npy
 from data_prep.langid import LanguageIdentifier, check_languages
+from data_prep.languages import expand_languages
 from data_prep.minhash import MinHasher, band_hashes, is_cjk
 from data_prep.normalize import NormalizeConfig, Normalizer
 from data_prep.pii import PiiRedactor
@@ -103,7 +104,8 @@ class CleanConfig:
     text_field: str = param("text", help="field holding the document text")
     id_field: str = param("id", help="field holding the document id (generated from source and line when absent)")
     num_tasks: int = param(4, ge=1, le=100_000, shape=True, help="independent tasks (a Slurm array on a cluster)")
-    languages: list[str] = param(default_factory=list, help="ISO 639-1 codes to keep; empty keeps every language")
+    languages: list[str] = param(default_factory=list, help="ISO 639-1 codes to keep (639-2/3 where none); 'bloom' "
+                                 "stands for BLOOM's 46 languages (data_prep/languages.py); empty keeps every language")
     keep_other: bool = param(False, help="keep documents of unlisted languages under lang 'other' instead of excluding them")
     min_lang_score: float = param(0.5, ge=0.0, le=1.0, help="default minimum language-id probability")
     langid_chars: int = param(500, ge=50, help="characters of each document given to language id (its cost is linear)")
@@ -123,6 +125,7 @@ class CleanConfig:
                                                       "the records read before the error, list the file in rejects.jsonl, go on")
 
     def __post_init__(self) -> None:
+        self.languages = expand_languages(self.languages)  # `bloom` -> its codes, at load: the saved config lists them
         check_quality_checks(self.quality_checks)
         check_overrides(self.filters)
 
