@@ -59,6 +59,7 @@ from data_prep.clean_steps import (
     RunQualityCheck,
     SelectLanguages,
 )
+from data_prep.code_languages import DEFAULT_CODE_EXTENSIONS, CodeLanguageFilter
 from data_prep.dedup import (
     EXACT,
     DedupConfig,
@@ -69,7 +70,6 @@ from data_prep.dedup import (
     resolve_clusters,
     verify,
 )
-from data_prep.filters import CodeFilter, code_params
 from data_prep.jsonl import JsonlWriter, LineWriter, dumps, read_jsonl, write_npy
 from data_prep.langid import LanguageIdentifier, check_languages
 from data_prep.languages import expand_languages
@@ -110,7 +110,9 @@ class CleanConfig:
     min_lang_score: float = param(0.5, ge=0.0, le=1.0, help="default minimum language-id probability")
     langid_chars: int = param(500, ge=50, help="characters of each document given to language id (its cost is linear)")
     boilerplate: bool = param(True, help="remove boilerplate lines (cookie banners, copyright footers, navigation)")
-    code_extensions: list[str] = param(default_factory=lambda: [".py", ".js", ".java", ".c", ".cpp", ".go", ".rs", ".sh"], help="file extensions routed to the code path")
+    code_extensions: list[str] = param(default_factory=lambda: list(DEFAULT_CODE_EXTENSIONS), help="file extensions "
+                                       "routed to the code path (default: BLOOM's 13 programming languages and .sh); "
+                                       "files without an extension go there when their content is code")
     code_field: str = param("", help="record field whose value, when present, names the programming language")
     normalize: NormalizeConfig = param(default_factory=NormalizeConfig)
     quality_checks: list[str] = param(default_factory=lambda: list(DEFAULT_CHECKS), help="the quality checks "
@@ -178,7 +180,7 @@ class DocumentCleaner:
 
     def _steps(self) -> list[DocumentStep]:
         cfg = self.cfg
-        steps = [Normalize(self.normalize), DropEmpty(), CheckCode(CodeFilter(code_params(cfg.filters)))]
+        steps = [Normalize(self.normalize), DropEmpty(), CheckCode(CodeLanguageFilter(cfg.filters))]
         if cfg.boilerplate:
             steps.append(RemoveBoilerplate(self.stats))
         steps.append(IdentifyLanguage(self.langid))

@@ -127,10 +127,6 @@ class CodeFilter:
         return True, ""
 
 
-def code_params(overrides: dict[str, dict[str, float]]) -> CodeParams:
-    return CodeParams(**overrides.get("code", {}))
-
-
 # ------------------------------------------------------------------------------------- boilerplate
 @functools.lru_cache(maxsize=1)
 def _boilerplate() -> re.Pattern[str]:

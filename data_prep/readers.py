@@ -32,13 +32,11 @@ from pathlib import Path
 import zstandard
 
 from core.errors import DataError
+from data_prep.code_languages import language_of_extension, sniff
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".ndjson")
 TEXT_SUFFIXES = (".txt", ".md")
 PARQUET_SUFFIXES = (".parquet",)
-CODE_LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".java": "java", ".c": "c",
-                  ".h": "c", ".cpp": "cpp", ".cc": "cpp", ".go": "go", ".rs": "rust", ".sh": "shell",
-                  ".rb": "ruby", ".php": "php", ".scala": "scala", ".lua": "lua", ".jl": "julia"}
 # File-level rejects after which records of the file may be missing: clean.on_corrupt_file decides.
 BROKEN_FILE_REASONS = ("corrupt_file", "unreadable_file")
 # What decoding a damaged file raises: truncated gzip (EOFError), bad gzip data (zlib.error,
@@ -53,7 +51,7 @@ class InputFile:
     source: str  # path relative to the common root of the inputs: stable across machines
     index: int  # position in the sorted list of all inputs
     size: int
-    kind: str  # jsonl | parquet | text | code | unknown
+    kind: str  # jsonl | parquet | text | code | extensionless (code if its content says so) | unknown
     code_lang: str = ""
 
 
@@ -85,7 +83,9 @@ def file_kind(path: Path, code_extensions: list[str]) -> tuple[str, str]:
     if name.endswith(TEXT_SUFFIXES):
         return "text", ""
     if path.suffix.lower() in code_extensions:
-        return "code", CODE_LANGUAGES.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
+        return "code", language_of_extension(path.suffix)
+    if not path.suffix:  # a script such as bin/serve: its reader decides from its content
+        return "extensionless", ""
     return "unknown", ""
 
 
@@ -170,7 +170,8 @@ class Fields:
 
 def read_file(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:
     """Every record of one file, in order; an unreadable record or file becomes a `Reject`."""
-    readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_whole, "code": _read_whole}
+    readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_whole, "code": _read_whole,
+               "extensionless": _read_extensionless}
     if f.kind not in readers:
         yield Reject("unsupported_format", f.source, 0, f"extension of {f.path.name} is not one of "
                      "jsonl[.gz|.zst], parquet, txt or clean.code_extensions")
@@ -366,6 +367,21 @@ def _read_whole(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:
         yield Reject("empty_file", f.source, 0, "the file holds only whitespace")
         return
     yield Document(id=f.source, text=text, source=f.source, line=1, key=f.index << 32 | 1, code_lang=f.code_lang)
+
+
+def _read_extensionless(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:
+    """A source file when its content is code of a known language (data_prep/code_languages.py: sniff);
+    anything else without an extension (binaries, READMEs) is an unsupported format, as before."""
+    try:
+        text = f.path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    code_lang = sniff(text) if text.strip() else ""
+    if not code_lang:
+        yield Reject("unsupported_format", f.source, 0, f"{f.path.name} has no extension and is not source code "
+                     "of a language of data_prep/code_languages.py; give it an extension")
+        return
+    yield Document(id=f.source, text=text, source=f.source, line=1, key=f.index << 32 | 1, code_lang=code_lang)
 
 
 def record_to_document(record: object, f: InputFile, line: int, fields: Fields) -> Document | Reject:
