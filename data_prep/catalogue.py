@@ -24,6 +24,7 @@ from typing import Literal
 
 from core.config import param
 from core.errors import ConfigError
+from data_prep.code_languages import CODE_LANGUAGES
 from data_prep.langid import check_languages
 from data_prep.quality import check_overrides
 
@@ -33,15 +34,15 @@ Policy = Literal["keep", "flag", "drop_if_confident_other"]
 DISAGREES = "declared_language_disagrees"  # the drop reason of drop_if_confident_other
 # A name becomes part of dataset file names (`fr__wiki`) and of stats keys: letters, digits, . _ -
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-# ISO 639-1/2/3 shape: a declared language need not be a label of the model (it is only compared with it)
-_ISO = re.compile(r"[a-z]{2,3}")
 
 
 @dataclass(kw_only=True)
 class SourceConfig:
     name: str = param("", help="the source's name: in each clean record (source_name), stats and dataset names")
     paths: list[str] = param(default_factory=list, help="paths or globs of the source's raw documents")
-    lang: str = param("", help="declared ISO 639 language of the source's prose; empty: identified per document")
+    lang: str = param("", help="declared language of the source: an ISO 639 code of its prose (a lid.176 label or a "
+                      "language of data_prep/languages.py), or a programming language of data_prep/code_languages.py "
+                      "(every file of the source is then code of it); empty: identified per document")
     weight: float | None = param(None, gt=0.0, le=1.0, help="the source's share of the preprocess blend")
     multiplier: float | None = param(None, gt=0.0, help="factor on the blend weights of the source's datasets")
     filters: dict[str, dict[str, float]] = param(default_factory=dict, help="per-language overrides of "
@@ -64,9 +65,12 @@ def check_sources(sources: list[SourceConfig], inputs: list[str]) -> None:
         names.append(src.name)
         if not src.paths or not all(str(p).strip() for p in src.paths):
             raise ConfigError(f"{key}.paths is empty; list the source's files or globs, e.g. paths: [data/wiki/fr/*.jsonl]")
-        if src.lang and not _ISO.fullmatch(src.lang):
-            check_languages([src.lang], f"{key}.lang")  # names near codes the model knows (EN, fr-FR)
-            raise ConfigError(f"{key}.lang={src.lang!r} is not an ISO 639 code (2-3 lower-case letters), e.g. wo, fr")
+        if src.lang and src.lang not in CODE_LANGUAGES:
+            try:
+                check_languages([src.lang], f"{key}.lang")
+            except ConfigError as exc:
+                raise ConfigError(f"{exc}; a source of code declares its programming language instead, one of "
+                                  f"{', '.join(CODE_LANGUAGES)}") from None
         if src.weight is not None and src.multiplier is not None:
             raise ConfigError(f"{key} sets both weight and multiplier; keep one (weight: its share of the blend, "
                               "multiplier: a factor on its α-sampled weight)")
@@ -78,9 +82,11 @@ def check_sources(sources: list[SourceConfig], inputs: list[str]) -> None:
 
 
 def source_groups(sources: list[SourceConfig], inputs: list[str]) -> list[tuple[str, list[str], str]]:
-    """(name, patterns, config key) of every source, for readers.list_catalogue."""
-    groups = [(DEFAULT_SOURCE, list(inputs), "clean.inputs")] if inputs else []
-    return groups + [(s.name, list(s.paths), f"clean.sources[{i}].paths") for i, s in enumerate(sources)]
+    """(name, patterns, config key, declared programming language or "") of every source, for
+    readers.list_catalogue."""
+    groups = [(DEFAULT_SOURCE, list(inputs), "clean.inputs", "")] if inputs else []
+    return groups + [(s.name, list(s.paths), f"clean.sources[{i}].paths", s.lang if s.lang in CODE_LANGUAGES else "")
+                     for i, s in enumerate(sources)]
 
 
 def merged_filters(base: dict[str, dict[str, float]], source: SourceConfig | None) -> dict[str, dict[str, float]]:

@@ -72,6 +72,7 @@ from data_prep.clean_steps import (
     RunQualityCheck,
     SelectLanguages,
 )
+from data_prep.code_languages import CODE_LANGUAGES, DEFAULT_CODE_EXTENSIONS, CodeLanguageFilter
 from data_prep.dedup import (
     EXACT,
     DedupConfig,
@@ -82,9 +83,9 @@ from data_prep.dedup import (
     resolve_clusters,
     verify,
 )
-from data_prep.filters import CodeFilter, code_params
 from data_prep.jsonl import JsonlWriter, LineWriter, dumps, read_jsonl, write_npy
 from data_prep.langid import LanguageIdentifier, check_languages
+from data_prep.languages import expand_languages
 from data_prep.minhash import MinHasher, band_hashes, is_cjk
 from data_prep.normalize import NormalizeConfig, Normalizer
 from data_prep.pii import PiiRedactor
@@ -125,12 +126,15 @@ class CleanConfig:
     text_field: str = param("text", help="field holding the document text")
     id_field: str = param("id", help="field holding the document id (generated from source and line when absent)")
     num_tasks: int = param(4, ge=1, le=100_000, shape=True, help="independent tasks (a Slurm array on a cluster)")
-    languages: list[str] = param(default_factory=list, help="ISO 639-1 codes to keep; empty keeps every language")
+    languages: list[str] = param(default_factory=list, help="ISO 639-1 codes to keep (639-2/3 where none); 'bloom' "
+                                 "stands for BLOOM's 46 languages (data_prep/languages.py); empty keeps every language")
     keep_other: bool = param(False, help="keep documents of unlisted languages under lang 'other' instead of excluding them")
     min_lang_score: float = param(0.5, ge=0.0, le=1.0, help="default minimum language-id probability")
     langid_chars: int = param(500, ge=50, help="characters of each document given to language id (its cost is linear)")
     boilerplate: bool = param(True, help="remove boilerplate lines (cookie banners, copyright footers, navigation)")
-    code_extensions: list[str] = param(default_factory=lambda: [".py", ".js", ".java", ".c", ".cpp", ".go", ".rs", ".sh"], help="file extensions routed to the code path")
+    code_extensions: list[str] = param(default_factory=lambda: list(DEFAULT_CODE_EXTENSIONS), help="file extensions "
+                                       "routed to the code path (default: BLOOM's 13 programming languages and .sh); "
+                                       "files without an extension go there when their content is code")
     code_field: str = param("", help="record field whose value, when present, names the programming language")
     normalize: NormalizeConfig = param(default_factory=NormalizeConfig)
     quality_checks: list[str] = param(default_factory=lambda: list(DEFAULT_CHECKS), help="the quality checks "
@@ -145,6 +149,7 @@ class CleanConfig:
                                                       "the records read before the error, list the file in rejects.jsonl, go on")
 
     def __post_init__(self) -> None:
+        self.languages = expand_languages(self.languages)  # `bloom` -> its codes, at load: the saved config lists them
         check_quality_checks(self.quality_checks)
         check_overrides(self.filters)
         check_sources(self.sources, self.inputs)
@@ -203,9 +208,9 @@ class DocumentCleaner:
         self.pii = PiiRedactor()
         self.keep = set(cfg.languages)
         self.sources = {s.name: s for s in cfg.sources}
-        self.declared = {s.name: s.lang for s in cfg.sources if s.lang}
+        self.declared = {s.name: s.lang for s in cfg.sources if s.lang and s.lang not in CODE_LANGUAGES}  # prose
         self.params_by_lang: dict[tuple[str, str], Params] = {}
-        self.code_filters: dict[str, CodeFilter] = {}
+        self.code_filters: dict[str, CodeLanguageFilter] = {}
         self.steps = self._steps()
         self.step_counts: dict[str, dict] = {}
 
@@ -231,9 +236,9 @@ class DocumentCleaner:
             self.params_by_lang[lang, source] = params_for(lang, filters, self.cfg.min_lang_score)
         return self.params_by_lang[lang, source]
 
-    def code_filter(self, source: str) -> CodeFilter:
+    def code_filter(self, source: str) -> CodeLanguageFilter:
         if source not in self.code_filters:
-            self.code_filters[source] = CodeFilter(code_params(merged_filters(self.cfg.filters, self.sources.get(source))))
+            self.code_filters[source] = CodeLanguageFilter(merged_filters(self.cfg.filters, self.sources.get(source)))
         return self.code_filters[source]
 
     def policy(self, source: str) -> str:

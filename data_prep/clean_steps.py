@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from data_prep import clean_stats as report
-from data_prep.filters import CodeFilter, remove_boilerplate
+from data_prep.code_languages import CodeLanguageFilter
+from data_prep.filters import remove_boilerplate
 from data_prep.langid import LanguageIdentifier
 from data_prep.normalize import Normalizer
 from data_prep.pii import PiiRedactor
@@ -88,18 +89,19 @@ class DropEmpty(DocumentStep):
 
 
 class CheckCode(DocumentStep):
-    """Source files: recorded under the language 'code', judged by the code filter (code_* reasons)."""
+    """Source files: recorded under the language 'code', judged by the code filter with the parameters of
+    their code_lang (data_prep/code_languages.py; code_* reasons)."""
 
     name = "code"
     documents = "code"
 
-    def __init__(self, code_filter: Callable[[str], CodeFilter]):
+    def __init__(self, code_filter: Callable[[str], CodeLanguageFilter]):
         self.code_filter = code_filter  # the filter of a source (its own `filters.code`, else clean.filters')
 
     def __call__(self, batch: list[Draft]) -> list[str]:
         for d in batch:
             d.lang = "code"
-        return [self.code_filter(d.doc.source_name)(d.text)[1] for d in batch]
+        return [self.code_filter(d.doc.source_name)(d.text, d.doc.code_lang)[1] for d in batch]
 
 
 class RemoveBoilerplate(DocumentStep):
