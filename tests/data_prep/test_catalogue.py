@@ -21,8 +21,10 @@ from data_prep import clean as clean_stage
 from data_prep import preprocess, tokenizer
 from data_prep.catalogue import DISAGREES, SOURCE_FIELD, SourceConfig
 from data_prep.clean import DocumentCleaner, corpus_files
+from data_prep.code_languages import CODE_LANGUAGES
 from data_prep.jsonl import read_jsonl
 from data_prep.langid import LanguageIdentifier, model_labels
+from data_prep.languages import bloom_codes
 from data_prep.preprocess import blend_weights
 from data_prep.sampling import build_sample
 from data_prep.shards import read_documents
@@ -313,6 +315,7 @@ def test_blend_weights_by_hand():
     ([{"name": "a", "paths": []}], "clean.sources[0].paths"),
     ([{"name": "a", "paths": ["x"], "lang": "EN"}], "clean.sources[0].lang"),
     ([{"name": "a", "paths": ["x"], "lang": "french"}], "clean.sources[0].lang"),
+    ([{"name": "a", "paths": ["x"], "lang": "qq"}], "clean.sources[0].lang"),  # ISO-shaped, known to no table
     ([{"name": "a", "paths": ["x"]}, {"name": "b", "paths": ["x"], "filters": {"fr": {"min_wordz": 3}}}],
      "clean.sources[1].filters.fr.min_wordz"),
     ([{"name": "a", "paths": ["x"], "weight": 0.5, "multiplier": 2}], "clean.sources[0]"),
@@ -350,3 +353,40 @@ def test_catalogue_round_trips_through_the_saved_config(raw, tmp_path):
     (tmp_path / "saved.yaml").write_text(cfg.to_yaml())
     again = load_config(tmp_path / "saved.yaml")
     assert again.clean.sources == cfg.clean.sources and again.section_hash("clean") == cfg.section_hash("clean")
+
+
+def test_an_unknown_declared_code_names_the_valid_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ['clean.sources=[{name: a, paths: [x], lang: qq}]'])
+    message = str(err.value)
+    assert "clean.sources[0].lang holds 'qq'" in message and "wo" in message and "python" in message
+
+
+def test_a_source_declaring_a_programming_language_makes_its_files_code_of_it(tmp_path):
+    """Whatever the extension (none, .txt): the source says its files are Ruby."""
+    folder = tmp_path / "ruby"
+    folder.mkdir()
+    ruby = ("# Formats the invoice lines of an order\nclass Invoice\n  def initialize(lines)\n    @lines = lines\n  end\n\n"
+            "  def total\n    @lines.sum { |line| line[:price] * line[:quantity] }\n  end\nend\n")
+    (folder / "invoice.txt").write_text(ruby)
+    (folder / "Rakefile").write_text(ruby.replace("Invoice", "Receipt"))
+    data = {"run_dir": str(tmp_path / "run"), "clean": {"num_tasks": 1, "sources": [
+        {"name": "ruby", "paths": [f"{folder}/*"], "lang": "ruby"}]}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(data))
+    cfg = load_config(tmp_path / "run.yaml")
+    assert {(f.path.name, f.kind, f.code_lang) for f in corpus_files(cfg.clean)} == {
+        ("invoice.txt", "code", "ruby"), ("Rakefile", "code", "ruby")}
+    out = run_clean(cfg)
+    got = records(out)
+    assert [(r["lang"], r["code_lang"]) for r in got] == [("code", "ruby")] * 2
+
+
+def test_the_example_catalogue_of_bloom_languages_loads():
+    """configs/bloom-languages.yaml (the README's example) is a valid config: BLOOM's languages, declared
+    sources for languages lid.176 has no label for, and a code source."""
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "bloom-languages.yaml")
+    clean_stage.check(cfg)
+    assert cfg.clean.languages == list(bloom_codes())
+    declared = {s.lang for s in cfg.clean.sources if s.lang}
+    assert {"wo", "tw", "ln", "zu"} <= declared and not {"wo", "tw", "ln"} & model_labels()
+    assert any(s.lang in CODE_LANGUAGES for s in cfg.clean.sources)
