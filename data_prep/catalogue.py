@@ -43,8 +43,9 @@ class SourceConfig:
     lang: str = param("", help="declared language of the source: an ISO 639 code of its prose (a lid.176 label or a "
                       "language of data_prep/languages.py), or a programming language of data_prep/code_languages.py "
                       "(every file of the source is then code of it); empty: identified per document")
-    weight: float | None = param(None, gt=0.0, le=1.0, help="the source's share of the preprocess blend")
-    multiplier: float | None = param(None, gt=0.0, help="factor on the blend weights of the source's datasets")
+    # Read by preprocess's blend only, so out of clean's hash (preprocess hashes them: blend_identity).
+    weight: float | None = param(None, gt=0.0, le=1.0, hashed=False, help="the source's share of the preprocess blend")
+    multiplier: float | None = param(None, gt=0.0, hashed=False, help="factor on the blend weights of the source's datasets")
     filters: dict[str, dict[str, float]] = param(default_factory=dict, help="per-language overrides of "
                                                  "clean.filters for this source's documents")
     declared_language_policy: Policy | None = param(None, help="overrides clean.declared_language_policy")

@@ -64,6 +64,14 @@ def doc_source(record: dict, field: str) -> str:
     return DEFAULT_SOURCE if field == SOURCE_FIELD else "none"
 
 
+def blend_identity(cfg) -> list | None:
+    """The catalogue sources' weights and multipliers: the blend reads them, clean's hash leaves them out
+    (changing a weight re-runs preprocess, not clean). None without any: the hash of a run without them
+    is what it was before catalogues."""
+    weighted = [[s.name, s.weight, s.multiplier] for s in cfg.clean.sources if s.weight is not None or s.multiplier is not None]
+    return weighted or None
+
+
 def validate(cfg) -> None:
     """A catalogue source's weight or multiplier applies to datasets of that source only: ConfigError unless
     preprocess makes them (split_by_source on the source name)."""
@@ -294,7 +302,8 @@ def summary(out: Path) -> str:
 STAGE = Stage(
     name="preprocess",
     needs=("clean", "tokenizer"),
-    sections=("seed", "preprocess", "clean"),  # clean.sources' weights and multipliers: the blend
+    sections=("seed", "preprocess"),
+    identity=blend_identity,
     steps=(Step("count", count_step), Step("tokenize", tokenize_step, num_tasks=lambda cfg: cfg.preprocess.num_tasks),
            Step("merge", merge_step)),
     description="tokenise clean/ into Megatron mmap datasets per language, merge, and write blend weights",

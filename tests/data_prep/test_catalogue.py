@@ -390,3 +390,22 @@ def test_the_example_catalogue_of_bloom_languages_loads():
     declared = {s.lang for s in cfg.clean.sources if s.lang}
     assert {"wo", "tw", "ln", "zu"} <= declared and not {"wo", "tw", "ln"} & model_labels()
     assert any(s.lang in CODE_LANGUAGES for s in cfg.clean.sources)
+
+
+def test_a_source_weight_is_preprocess_identity_not_clean_s(raw, tmp_path):
+    """Changing a source's weight or multiplier changes preprocess's config hash (its blend) and leaves
+    clean's alone: a re-weighted blend does not re-clean the corpus. Any other key of a source is clean's."""
+    from core.lineage import fingerprint
+
+    def hashes(**news_fr) -> tuple[str, str]:
+        cfg = config(tmp_path / "run", raw, news_fr=news_fr)
+        return tuple(fingerprint(cfg, stage, lambda name: name).config_hash for stage in (clean_stage.STAGE, preprocess.STAGE))
+
+    clean0, pre0 = hashes()
+    clean1, pre1 = hashes(multiplier=3.0)
+    assert clean1 == clean0 and pre1 != pre0
+    clean2, pre2 = hashes(declared_language_policy="flag")
+    assert clean2 != clean0
+    # A run without catalogue weights hashes preprocess as before catalogues existed.
+    plain = load_config(None, [f"run_dir={tmp_path / 'plain'}"])
+    assert fingerprint(plain, preprocess.STAGE, lambda name: name).config_hash == plain.section_hash(*preprocess.STAGE.sections)
