@@ -27,13 +27,14 @@ from core.errors import ConfigError
 
 
 def param(default: Any = dataclasses.MISSING, *, help: str = "", ge: float | None = None,
-          gt: float | None = None, le: float | None = None, shape: bool = False,
+          gt: float | None = None, le: float | None = None, shape: bool = False, hashed: bool = True,
           default_factory: Any = dataclasses.MISSING):
     """A config field with its help text and numeric bounds (checked at load time). `shape=True` marks
     a key that splits a stage's work into tasks without changing its outputs (the canonical order makes
     them byte-identical): it is left out of the stage's config hash, so changing it alone does not
-    make a complete stage stale."""
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "shape": shape}
+    make a complete stage stale. `hashed=False` leaves a key out of every section hash: one that only a
+    later stage reads (a catalogue source's blend weight) and that stage hashes through Stage.identity."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "shape": shape, "hashed": hashed}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -68,10 +69,12 @@ class RunConfigBase:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
-    def section_hash(self, *sections: str) -> str:
-        """Hash of the named sections without their shape keys: a stage's identity is the part of the
-        config that decides its outputs."""
+    def section_hash(self, *sections: str, extra: Any = None) -> str:
+        """Hash of the named sections without their shape keys (and `extra`, JSON, when given): a stage's
+        identity is the part of the config that decides its outputs."""
         data = {s: _without_shape(getattr(self, s)) for s in sections}
+        if extra is not None:
+            data["+"] = extra
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def shape(self, *sections: str) -> dict[str, Any]:
@@ -84,8 +87,18 @@ class RunConfigBase:
 def _without_shape(section: Any) -> Any:
     if not dataclasses.is_dataclass(section):
         return section
-    return {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v := getattr(section, f.name)) else v
-            for f in dataclasses.fields(section) if not f.metadata.get("shape")}
+    return {f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section)
+            if not f.metadata.get("shape") and f.metadata.get("hashed", True)}
+
+
+def _plain(value: Any) -> Any:
+    """A config value as JSON can hash it: dataclasses (alone or in lists, as clean.sources) as dicts,
+    without their `hashed=False` keys."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.metadata.get("hashed", True)}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def assemble(sections: dict[str, type]) -> type[RunConfigBase]:

@@ -115,7 +115,8 @@ def fingerprint(cfg: RunConfig, stage: Stage, folder_of: Callable[[str], str]) -
         inputs["raw"] = digest({str(f): cache.hash(f) for f in files})
         if run_dir.is_dir():  # a dry run or `graine status` of a run not started writes nothing
             cache.save()
-    return Fingerprint(inputs, cfg.section_hash(*stage.sections), missing, cfg.shape(*stage.sections))
+    extra = stage.identity(cfg) if stage.identity is not None else None
+    return Fingerprint(inputs, cfg.section_hash(*stage.sections, extra=extra), missing, cfg.shape(*stage.sections))
 
 
 def write_record(folder: Path, stage: Stage, fp: Fingerprint, started: float, extra: dict | None = None) -> dict:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from core.config import RunConfigBase as RunConfig
 from core.progress import Progress
@@ -52,6 +52,9 @@ class Stage:
     publish: bool = True
     # Short human summary of a published output folder, for `graine status` and the end of a run.
     summary: Callable[[Path], str] | None = None
+    # Config facts outside its sections that decide its outputs, hashed with them (JSON): preprocess's
+    # blend reads the catalogue sources' weights, keys of the clean section that clean itself does not hash.
+    identity: Callable[[RunConfig], Any] | None = None
     # Raw inputs outside the run directory (paths), hashed into the completion record (clean only).
     external_inputs: Callable[[RunConfig], list[Path]] | None = None
     # The folder under the run directory it publishes; default the stage's name (preprocess: shards).

@@ -8,7 +8,8 @@ Steps (each task writes only its own files, each under a temporary name renamed 
   filter   N tasks  task r reads the r-th contiguous, size-balanced run of the inputs in key order (big
                     uncompressed jsonl files cut into byte ranges); batches of documents go through the
                     document steps (data_prep/clean_steps.py): normalise, drop empty text, judge code,
-                    remove boilerplate, identify the language, keep clean.languages, the quality checks of
+                    remove boilerplate, identify the language (a declared one: measure agreement and
+                    apply clean.declared_language_policy), keep clean.languages, the quality checks of
                     clean.quality_checks in their order (data_prep/quality/), redact PII; kept documents (in
                     key order), their keys, text sizes, exact hashes, MinHash signatures and LSH band hashes
                     go to work_dir/filter/<rank>/, excluded ones, rejects and the steps' counts beside.
@@ -27,6 +28,9 @@ Per-run facts (task counts, jobs, hosts, times) are in the completion record, ne
 An input that cannot be read to its end (truncated .gz/.zst, corrupt parquet) fails its filter task,
 naming the file, unless clean.on_corrupt_file=skip; `clean.languages` is checked against the
 language-id model's labels when a filter task starts and by the stage's `check`.
+
+The corpus is `clean.inputs` (one source with no declared language) and/or the catalogue `clean.sources`
+(data_prep/catalogue.py): named sources, each maybe with a declared language, which wins over language id.
 """
 
 from __future__ import annotations
@@ -47,8 +51,17 @@ from core.errors import DataError
 from core.fs import write_atomic, write_json
 from core.stage import Stage, Step, TaskContext, one_task
 from data_prep import clean_stats as report
+from data_prep.catalogue import (
+    SOURCE_FIELD,
+    Policy,
+    SourceConfig,
+    check_sources,
+    merged_filters,
+    source_groups,
+)
 from data_prep.clean_steps import (
     CheckCode,
+    DeclaredLanguagePolicy,
     DocumentStep,
     Draft,
     DropEmpty,
@@ -59,6 +72,7 @@ from data_prep.clean_steps import (
     RunQualityCheck,
     SelectLanguages,
 )
+from data_prep.code_languages import CODE_LANGUAGES, DEFAULT_CODE_EXTENSIONS, CodeLanguageFilter
 from data_prep.dedup import (
     EXACT,
     DedupConfig,
@@ -69,9 +83,9 @@ from data_prep.dedup import (
     resolve_clusters,
     verify,
 )
-from data_prep.filters import CodeFilter, code_params
 from data_prep.jsonl import JsonlWriter, LineWriter, dumps, read_jsonl, write_npy
 from data_prep.langid import LanguageIdentifier, check_languages
+from data_prep.languages import expand_languages
 from data_prep.minhash import MinHasher, band_hashes, is_cjk
 from data_prep.normalize import NormalizeConfig, Normalizer
 from data_prep.pii import PiiRedactor
@@ -91,7 +105,7 @@ from data_prep.readers import (
     InputFile,
     InputSlice,
     Reject,
-    list_inputs,
+    list_catalogue,
     read_slice,
     split_inputs,
 )
@@ -99,16 +113,28 @@ from data_prep.readers import (
 
 @dataclass(kw_only=True)
 class CleanConfig:
-    inputs: list[str] = param(default_factory=list, help="paths or globs of raw documents (jsonl, jsonl.gz, jsonl.zst, parquet, txt)")
+    inputs: list[str] = param(default_factory=list, help="paths or globs of raw documents (jsonl, jsonl.gz, jsonl.zst, "
+                              "parquet, txt): the shorthand for one source named 'inputs' with no declared language")
+    sources: list[SourceConfig] = param(default_factory=list, help="the corpus as a catalogue of named sources, each "
+                                        "{name, paths, lang, weight or multiplier, filters, declared_language_policy} "
+                                        "(data_prep/catalogue.py)")
+    declared_language_policy: Policy = param("keep", help="a declared-language document that language id gives to "
+                                             "another language with probability >= clean.disagreement_threshold: "
+                                             "keep it, flag it (kept, marked and counted) or drop it")
+    disagreement_threshold: float = param(0.9, gt=0.0, le=1.0, help="probability of another label at which a "
+                                          "declared language is a confident disagreement")
     text_field: str = param("text", help="field holding the document text")
     id_field: str = param("id", help="field holding the document id (generated from source and line when absent)")
     num_tasks: int = param(4, ge=1, le=100_000, shape=True, help="independent tasks (a Slurm array on a cluster)")
-    languages: list[str] = param(default_factory=list, help="ISO 639-1 codes to keep; empty keeps every language")
+    languages: list[str] = param(default_factory=list, help="ISO 639-1 codes to keep (639-2/3 where none); 'bloom' "
+                                 "stands for BLOOM's 46 languages (data_prep/languages.py); empty keeps every language")
     keep_other: bool = param(False, help="keep documents of unlisted languages under lang 'other' instead of excluding them")
     min_lang_score: float = param(0.5, ge=0.0, le=1.0, help="default minimum language-id probability")
     langid_chars: int = param(500, ge=50, help="characters of each document given to language id (its cost is linear)")
     boilerplate: bool = param(True, help="remove boilerplate lines (cookie banners, copyright footers, navigation)")
-    code_extensions: list[str] = param(default_factory=lambda: [".py", ".js", ".java", ".c", ".cpp", ".go", ".rs", ".sh"], help="file extensions routed to the code path")
+    code_extensions: list[str] = param(default_factory=lambda: list(DEFAULT_CODE_EXTENSIONS), help="file extensions "
+                                       "routed to the code path (default: BLOOM's 13 programming languages and .sh); "
+                                       "files without an extension go there when their content is code")
     code_field: str = param("", help="record field whose value, when present, names the programming language")
     normalize: NormalizeConfig = param(default_factory=NormalizeConfig)
     quality_checks: list[str] = param(default_factory=lambda: list(DEFAULT_CHECKS), help="the quality checks "
@@ -123,8 +149,10 @@ class CleanConfig:
                                                       "the records read before the error, list the file in rejects.jsonl, go on")
 
     def __post_init__(self) -> None:
+        self.languages = expand_languages(self.languages)  # `bloom` -> its codes, at load: the saved config lists them
         check_quality_checks(self.quality_checks)
         check_overrides(self.filters)
+        check_sources(self.sources, self.inputs)
 
 
 REASON_NAMES = {EXACT: "exact_duplicate", 1: "near_duplicate"}
@@ -141,13 +169,22 @@ def num_tasks(cfg: RunConfig) -> int:
 
 
 def input_files(cfg: RunConfig) -> list[Path]:
-    return [f.path for f in list_inputs(cfg.clean.inputs, cfg.clean.code_extensions)]
+    return [f.path for f in corpus_files(cfg.clean)]
+
+
+def corpus_files(cfg: CleanConfig) -> list[InputFile]:
+    """The files of clean.inputs and clean.sources, sorted and numbered together, each naming its source."""
+    if not cfg.inputs and not cfg.sources:
+        raise DataError("clean.inputs and clean.sources are empty; set clean.inputs to the raw corpus, e.g. "
+                        "clean.inputs='[data/raw/**/*]', or describe it as clean.sources")
+    return list_catalogue(source_groups(cfg.sources, cfg.inputs), cfg.code_extensions)
 
 
 def check(cfg: RunConfig, world_size: int = 1, gpus: bool = False) -> None:
     """The clean config's checks that need the code of this stage (the language-id model): ConfigError."""
     check_quality_checks(cfg.clean.quality_checks)  # again: a config may be edited after it is built
     check_overrides(cfg.clean.filters)
+    check_sources(cfg.clean.sources, cfg.clean.inputs)
     check_languages(cfg.clean.languages)
 
 
@@ -158,7 +195,8 @@ def _task_dir(ctx: TaskContext, step: str, rank: int) -> Path:
 # ------------------------------------------------------------------------------------ documents
 class DocumentCleaner:
     """Batches of documents through the document steps built from the config: per document (output
-    record, language, drop reason). Counts go to `stats`; each step's, per language, to `step_counts`."""
+    record, language, drop reason). Counts go to `stats`; each step's, per language, to `step_counts`.
+    With a catalogue, records name their source; those of a declared language say how language id agrees."""
 
     def __init__(self, cfg: CleanConfig, stats: dict):
         check_quality_checks(cfg.quality_checks)
@@ -169,16 +207,21 @@ class DocumentCleaner:
         self.langid = LanguageIdentifier(cfg.langid_chars)
         self.pii = PiiRedactor()
         self.keep = set(cfg.languages)
-        self.params_by_lang: dict[str, Params] = {}
+        self.sources = {s.name: s for s in cfg.sources}
+        self.declared = {s.name: s.lang for s in cfg.sources if s.lang and s.lang not in CODE_LANGUAGES}  # prose
+        self.params_by_lang: dict[tuple[str, str], Params] = {}
+        self.code_filters: dict[str, CodeLanguageFilter] = {}
         self.steps = self._steps()
         self.step_counts: dict[str, dict] = {}
 
     def _steps(self) -> list[DocumentStep]:
         cfg = self.cfg
-        steps = [Normalize(self.normalize), DropEmpty(), CheckCode(CodeFilter(code_params(cfg.filters)))]
+        steps = [Normalize(self.normalize), DropEmpty(), CheckCode(self.code_filter)]
         if cfg.boilerplate:
             steps.append(RemoveBoilerplate(self.stats))
         steps.append(IdentifyLanguage(self.langid))
+        if self.declared:
+            steps.append(DeclaredLanguagePolicy(self.policy, cfg.disagreement_threshold, self.stats))
         if self.keep:
             steps.append(SelectLanguages(self.keep, cfg.keep_other))
         steps += [RunQualityCheck(CHECKS[name], self.params) for name in cfg.quality_checks]
@@ -186,11 +229,20 @@ class DocumentCleaner:
             steps.append(RedactPii(self.pii))
         return steps
 
-    def params(self, lang: str) -> Params:
-        """The quality checks' parameters for `lang` (the table, then clean.filters)."""
-        if lang not in self.params_by_lang:
-            self.params_by_lang[lang] = params_for(lang, self.cfg.filters, self.cfg.min_lang_score)
-        return self.params_by_lang[lang]
+    def params(self, lang: str, source: str = "") -> Params:
+        """The quality checks' parameters for `lang` (the table, then clean.filters, then the source's filters)."""
+        if (lang, source) not in self.params_by_lang:
+            filters = merged_filters(self.cfg.filters, self.sources.get(source))
+            self.params_by_lang[lang, source] = params_for(lang, filters, self.cfg.min_lang_score)
+        return self.params_by_lang[lang, source]
+
+    def code_filter(self, source: str) -> CodeLanguageFilter:
+        if source not in self.code_filters:
+            self.code_filters[source] = CodeLanguageFilter(merged_filters(self.cfg.filters, self.sources.get(source)))
+        return self.code_filters[source]
+
+    def policy(self, source: str) -> str:
+        return self.sources[source].declared_language_policy or self.cfg.declared_language_policy
 
     def _quality(self, lang: str) -> QualityFilter:
         """The configured checks for one language, one document at a time (tests/benchmarks/bench_clean.py
@@ -203,7 +255,7 @@ class DocumentCleaner:
     def batch(self, docs: list[Document]) -> list[tuple[dict, str, str]]:
         """Each step runs over the whole batch before the next one starts: the language-id model and
         the checks stay in the CPU caches (measured ~25% faster than one document at a time)."""
-        drafts = [Draft(doc, doc.text) for doc in docs]
+        drafts = [Draft(doc, doc.text, declared=self.declared.get(doc.source_name, "")) for doc in docs]
         changes: list[tuple[Draft, str, bool, int]] = []  # (document, step, dropped, characters)
         for step in self.steps:
             todo = [d for d in drafts if step.takes(d)]
@@ -216,11 +268,17 @@ class DocumentCleaner:
                     changes.append((d, step.name, False, len(text) - len(d.text)))
         for d, name, dropped, chars in changes:  # under the language finally recorded, as stats.json counts
             report.count_step(self.step_counts, name, d.lang, dropped, chars)
-        return [(self._record(d.doc, d.text, d.lang, d.lang_score), d.lang, d.reason) for d in drafts]
+        return [(self._record(d), d.lang, d.reason) for d in drafts]
 
-    @staticmethod
-    def _record(doc: Document, text: str, lang: str, score: float) -> dict:
-        record = {"id": doc.id, "text": text, "lang": lang, "lang_score": score, "source": doc.source}
+    def _record(self, d: Draft) -> dict:
+        doc = d.doc
+        record = {"id": doc.id, "text": d.text, "lang": d.lang, "lang_score": d.lang_score, "source": doc.source}
+        if self.sources:  # a catalogue: every record names its source (without one, outputs are as before it)
+            record[SOURCE_FIELD] = doc.source_name
+        if d.lid_top:
+            record.update(lid_top=d.lid_top, lid_top_score=d.lid_top_score)
+        if d.flag:
+            record["lang_flag"] = d.flag
         if doc.code_lang:
             record["code_lang"] = doc.code_lang
         record.update((k, v) for k, v in doc.meta.items() if k not in record)
@@ -234,7 +292,7 @@ def exact_hash(text: str) -> int:
 # ----------------------------------------------------------------------------------------- filter
 def filter_slices(cfg: CleanConfig, world: int) -> list[list[InputSlice]]:
     """What each filter task reads: the r-th contiguous, size-balanced run of the inputs in key order."""
-    return contiguous(split_inputs(list_inputs(cfg.inputs, cfg.code_extensions), world), world)
+    return contiguous(split_inputs(corpus_files(cfg), world), world)
 
 
 def contiguous(slices: list[InputSlice], world: int) -> list[list[InputSlice]]:
@@ -270,6 +328,8 @@ def run_filter(ctx: TaskContext) -> None:
             read = _bytes_in(stats)
             for doc, (record, lang, reason) in zip(batch, cleaner.batch(batch)):
                 report.count_doc(stats, lang, doc.text, record["text"], reason)
+                if SOURCE_FIELD in record:
+                    report.count_source(stats, record, doc.text, reason)
                 size = len(record["text"].encode("utf-8"))
                 if reason:
                     excluded.write({**record, "reason": reason})
@@ -482,7 +542,7 @@ def run_write(ctx: TaskContext) -> None:
     mine = files[ctx.rank * len(files) // ctx.world_size:(ctx.rank + 1) * len(files) // ctx.world_size]
     removed = np.load(ctx.work_dir / "clusters" / "removed.npy")
     dup_rows = removed[:, 0].astype(np.int64)
-    sources = {f.index: f.source for f in list_inputs(cfg.inputs, cfg.code_extensions)}
+    sources = {f.index: f.source for f in corpus_files(cfg)}
     readers = {name: RowReader([_task_dir(ctx, "filter", r) / STREAMS[name] for r in range(len(counts))], counts)
                for name, counts in plan["rows"].items()}
     stats = report.new_stats()  # the duplicates' counts, added to the filter tasks' by the stats step
@@ -502,7 +562,7 @@ def run_write(ctx: TaskContext) -> None:
                     reason = REASON_NAMES[int(code)]
                     out.write((dumps({**record, "reason": reason, "duplicate_of":
                                       f"{sources[int(kept_key) >> 32]}:{int(kept_key) & 0xFFFFFFFF}"}) + "\n").encode())
-                    report.count_duplicate(stats, record["lang"], record["text"], reason)
+                    report.count_duplicate(stats, record["lang"], record["text"], reason, record.get(SOURCE_FIELD))
         if out.count != f["documents"]:
             raise DataError(f"clean/write: {f['path']} got {out.count} documents, the layout says {f['documents']}; "
                             "re-run the clean stage with --force")

@@ -2,6 +2,10 @@
 
 Invariant (checked by the tests): for every language, docs_in = docs_out + sum(dropped); and every
 record that could not be read is in `rejected` (by reason), never in a language's docs_in.
+With a catalogue (clean.sources), `sources` counts the same per source (docs_in = docs_out + sum(dropped)),
+and for a source with a declared language how language id agreed: `lid_top` (documents by the model's top
+label), `confident_other` (another label at least clean.disagreement_threshold) and `flagged`. Only
+integers: stats.json stays identical whatever the number of tasks. Without a catalogue it has no `sources`.
 The document steps' own counts (`count_step`: what each step dropped or cut, per language) are kept
 beside, in each filter task's steps.json, and logged at the end of the stage (`render_steps`).
 """
@@ -36,6 +40,28 @@ def count_doc(stats: dict, lang: str, raw_text: str, text: str, reason: str) -> 
         entry["bytes_out"] += len(text.encode("utf-8"))
 
 
+def count_source(stats: dict, record: dict, raw_text: str, reason: str) -> None:
+    """A document of a catalogue source, counted under its source (record[source_name])."""
+    entry = source_entry(stats, record["source_name"])
+    entry["docs_in"] += 1
+    entry["bytes_in"] += len(raw_text.encode("utf-8"))
+    if reason:
+        entry["dropped"][reason] = entry["dropped"].get(reason, 0) + 1
+    else:
+        entry["docs_out"] += 1
+        entry["bytes_out"] += len(record["text"].encode("utf-8"))
+    if "lid_top" in record:  # a declared language: how the model agreed
+        top = entry.setdefault("lid_top", {})
+        top[record["lid_top"]] = top.get(record["lid_top"], 0) + 1
+        entry["flagged"] = entry.get("flagged", 0) + ("lang_flag" in record)
+
+
+def source_entry(stats: dict, source: str) -> dict:
+    """The counts of one catalogue source (created on first use: a run without a catalogue has none)."""
+    return stats.setdefault("sources", {}).setdefault(
+        source, {"docs_in": 0, "bytes_in": 0, "docs_out": 0, "bytes_out": 0, "dropped": {}})
+
+
 def count_step(steps: dict, step: str, lang: str, dropped: bool, chars: int) -> None:
     """A document that `step` dropped (`chars`: its characters) or whose text it changed (`chars`: the
     characters it cut, negative when it lengthened the text, as a PII tag longer than the value may),
@@ -46,12 +72,15 @@ def count_step(steps: dict, step: str, lang: str, dropped: bool, chars: int) -> 
     entry[size] = entry.get(size, 0) + chars
 
 
-def count_duplicate(stats: dict, lang: str, text: str, reason: str) -> None:
-    """A document counted as kept by the filter step turned out to be a duplicate."""
-    entry = _lang(stats, lang)
-    entry["docs_out"] -= 1
-    entry["bytes_out"] -= len(text.encode("utf-8"))
-    entry["dropped"][reason] = entry["dropped"].get(reason, 0) + 1
+def count_duplicate(stats: dict, lang: str, text: str, reason: str, source: str | None = None) -> None:
+    """A document counted as kept by the filter step turned out to be a duplicate (of a catalogue's `source`)."""
+    entries = [_lang(stats, lang)]
+    if source is not None:
+        entries.append(source_entry(stats, source))
+    for entry in entries:
+        entry["docs_out"] -= 1
+        entry["bytes_out"] -= len(text.encode("utf-8"))
+        entry["dropped"][reason] = entry["dropped"].get(reason, 0) + 1
 
 
 def merge(parts: list[dict]) -> dict:
@@ -100,11 +129,26 @@ def render(stats: dict, num_tasks: int | None = None) -> str:
                      + ", ".join(f"{r} {n}" for r, n in reasons))
     if t["dropped"]:
         lines.append("dropped: " + ", ".join(f"{r} {n}" for r, n in sorted(t["dropped"].items())))
+    if stats.get("sources"):
+        lines.append(render_sources(stats["sources"]))
     if stats["rejected"]:
         lines.append("unreadable: " + ", ".join(f"{r} {n}" for r, n in sorted(stats["rejected"].items()))
                      + " (see rejects.jsonl)")
     if stats["pii"]:
         lines.append("PII redacted: " + ", ".join(f"{k} {n}" for k, n in sorted(stats["pii"].items())))
+    return "\n".join(lines)
+
+
+def render_sources(sources: dict) -> str:
+    """Per source: documents in and kept, and for a declared language the model's agreement."""
+    lines = [f"{'source':<16}{'docs in':>10}{'kept':>10}{'MB out':>9}  language id on declared languages"]
+    for name, e in sorted(sources.items()):
+        agreement = ""
+        if e.get("lid_top"):
+            top = sorted(e["lid_top"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+            agreement = (f"top labels {', '.join(f'{k} {n}' for k, n in top)}; confident other "
+                         f"{e.get('confident_other', 0)}, flagged {e.get('flagged', 0)}")
+        lines.append(f"{name:<16}{e['docs_in']:>10,}{e['docs_out']:>10,}{e['bytes_out'] / 1e6:>9.2f}  {agreement}".rstrip())
     return "\n".join(lines)
 
 

@@ -6,8 +6,8 @@ definitions: character repetition is the share of character n-gram occurrences t
 sqrt(#distinct) most frequent n-grams; word repetition is the share of word n-gram occurrences whose
 n-gram occurs more than once. Scripts without spaces (zh, ja) are split into characters; their word
 bounds count characters and their stopword and flagged-word ratios count characters covered by listed
-words. `LANGUAGE_PARAMS` sets the checks' parameters per language; `clean.filters.<lang>.<param>`
-overrides it.
+words. The checks' parameters per language are the table of data_prep/languages.py;
+`clean.filters.<lang>.<param>` overrides them.
 """
 
 from __future__ import annotations
@@ -48,27 +48,6 @@ class CodeParams:
     max_line_length: float = 1000  # minified or generated files
     max_mean_line_length: float = 100
     min_alnum: float = 0.25  # share of letters and digits among all characters
-
-
-# Per-language values of the quality checks' parameters (their defaults are in data_prep/quality/):
-# tighter stopword cut-offs where the embedded lists are long enough to make the ratio meaningful;
-# zh/ja count characters, so their word bounds are larger; Arabic clitics (و, ال) hide stopwords.
-LANGUAGE_PARAMS: dict[str, dict[str, float]] = {
-    "en": {"min_stopwords": 0.2, "min_lang_score": 0.7},
-    "fr": {"min_stopwords": 0.2, "min_lang_score": 0.7},
-    "es": {"min_stopwords": 0.2, "min_lang_score": 0.7},
-    "de": {"min_stopwords": 0.15, "min_lang_score": 0.7},
-    "pt": {"min_stopwords": 0.2, "min_lang_score": 0.7},
-    "ru": {"min_stopwords": 0.15, "min_lang_score": 0.7},
-    "ar": {"min_stopwords": 0.08, "min_lang_score": 0.7, "max_special": 0.2},
-    "hi": {"min_stopwords": 0.2, "min_lang_score": 0.7},
-    "vi": {"min_stopwords": 0.15, "min_lang_score": 0.6, "max_word_rep": 0.35},
-    "zh": {"min_words": 60, "min_stopwords": 0.08, "char_rep_n": 5, "max_char_rep": 0.25,
-           "word_rep_n": 10, "min_lang_score": 0.6},
-    "ja": {"min_words": 60, "min_stopwords": 0.1, "char_rep_n": 5, "max_char_rep": 0.25,
-           "word_rep_n": 10, "min_lang_score": 0.6},
-    "tr": {"min_stopwords": 0.1, "min_lang_score": 0.7},
-}
 
 
 @functools.cache
@@ -146,10 +125,6 @@ class CodeFilter:
         if sum(c.isalnum() for c in text) / len(text) < p.min_alnum:
             return False, "code_low_alnum"
         return True, ""
-
-
-def code_params(overrides: dict[str, dict[str, float]]) -> CodeParams:
-    return CodeParams(**overrides.get("code", {}))
 
 
 # ------------------------------------------------------------------------------------- boilerplate

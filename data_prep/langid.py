@@ -6,8 +6,9 @@ model's softmax probability of the top label. Only the first `max_chars` charact
 a prefix of a few hundred words is enough for a document-level decision. fastText predicts one line,
 so newlines become spaces. Labels are ISO 639-1 where one exists (`zh`, `ja`, `hi`, `ar`, `pt`, `vi`,
 `ru`...) and ISO 639-2/3 otherwise (`yue`, `wuu`, `ceb`...), as the filter table expects.
-`check_languages` refuses a `clean.languages` code the model never returns (such a language would
-silently keep nothing).
+`check_languages` refuses a `clean.languages` code that is neither a model label nor a language of
+graine's table (data_prep/languages.py: BLOOM's languages, several of which lid.176 cannot see and
+only sources declaring them can bring) nor a pseudo-language: such a code would silently keep nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import fasttext
 
 from core.errors import ConfigError
+from data_prep.languages import BLOOM, BLOOM_CARD_COUNT, LANGUAGES, bloom_codes
 
 _LABEL = "__label__"
 # Languages the clean stage records besides the model's: programming languages (the code path),
@@ -59,6 +61,14 @@ class LanguageIdentifier:
         # The compressed model's softmax can exceed 1 by a rounding error.
         return labels[0][len(_LABEL):], round(min(float(scores[0]), 1.0), 4)
 
+    def probabilities(self, text: str) -> dict[str, float]:
+        """Every label's probability (k=-1), for a declared language's agreement: {} for empty text."""
+        sample = text[: self.max_chars].replace("\n", " ")
+        if not sample.strip():
+            return {}
+        labels, scores = self.model.predict(sample, k=-1, threshold=-1.0)
+        return {label[len(_LABEL):]: round(min(float(score), 1.0), 4) for label, score in zip(labels, scores)}
+
 
 @functools.lru_cache(maxsize=1)
 def model_labels() -> frozenset[str]:
@@ -70,8 +80,8 @@ def model_labels() -> frozenset[str]:
 
 def check_languages(codes: list[str], key: str = "clean.languages") -> None:
     """ConfigError naming the key, the first unknown code and valid ones, unless every code is a label
-    of the model or a pseudo-language."""
-    valid = model_labels() | set(PSEUDO_LANGUAGES)
+    of the model, a language of the table or a pseudo-language."""
+    valid = model_labels() | set(LANGUAGES) | set(PSEUDO_LANGUAGES)
     bad = [c for c in codes if c not in valid]
     if not bad:
         return
@@ -80,6 +90,9 @@ def check_languages(codes: list[str], key: str = "clean.languages") -> None:
     near = [c for c in (lowered, lowered.replace("_", "-").split("-")[0]) if c in valid]  # EN, zh-CN, pt_BR
     near = near or difflib.get_close_matches(lowered, sorted(valid), n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(dict.fromkeys(near))}? " if near else ""
-    raise ConfigError(f"{key} holds {code!r}, which the language-id model (fastText lid.176) never returns; "
-                      f"{hint}valid codes are ISO 639-1 where one exists, e.g. {', '.join(_COMMON)} "
-                      f"({len(valid) - len(PSEUDO_LANGUAGES)} in all, plus 'code' for programming languages)")
+    unseen = [c for c in bloom_codes() if c not in model_labels()]
+    raise ConfigError(f"{key} holds {code!r}, which is neither a label of the language-id model (fastText lid.176) "
+                      f"nor a language of graine's table; {hint}valid codes are ISO 639-1 where one exists, e.g. "
+                      f"{', '.join(_COMMON)} ({len(model_labels())} model labels), BLOOM's languages that the model "
+                      f"lacks ({', '.join(unseen)}), and 'code' for programming languages; "
+                      f"{key}: {BLOOM} selects BLOOM's {BLOOM_CARD_COUNT} languages ({len(bloom_codes())} codes: zh is one)")

@@ -12,6 +12,11 @@ Steps:
   decided per document by a seeded hash of its id, the result is byte-identical for any number of tasks.
   Then `shards/blend.json`: every dataset's documents, tokens, largest token id (so the sample index
   checks the vocabulary without reading tokens), file hashes and sampling weight.
+
+With `preprocess.split_by_source`, a dataset is a language and a source: the catalogue source of clean's
+records (`source_name`; a record without it is of the clean.inputs source, `inputs`), or whatever field
+`preprocess.source_field` names. A catalogue source's `weight` (its share of the blend) or `multiplier`
+(a factor on its datasets' α-sampled weights) is applied to its datasets' blend weights.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import param
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.fs import fsync_dir, write_json
 from core.stage import Stage, Step, TaskContext
+from data_prep.catalogue import DEFAULT_SOURCE, SOURCE_FIELD, SourceConfig
 from data_prep.indexed_dataset import IndexedDatasetWriter as Writer
 from data_prep.indexed_dataset import dtype_for_vocab, merge_datasets
 from data_prep.sampling import alpha_weights, unit_hash
@@ -41,11 +47,40 @@ class PreprocessConfig:
     multipliers: dict[str, float] = param(default_factory=dict, help="explicit per-dataset weight multipliers")
     split_by_source: bool = param(False, help="one dataset per language and source instead of per language")
     validation_fraction: float = param(0.01, ge=0.0, le=0.5, help="share of documents held out for validation")
-    source_field: str = param("source", help="clean/ record field naming the source, for split_by_source")
+    source_field: str = param(SOURCE_FIELD, help="clean/ record field naming the source, for split_by_source: "
+                              "the catalogue's source name (clean.sources), or e.g. source (the input file)")
 
 
 SPLITS = ("train", "valid")
 BATCH_DOCS = 512  # documents per SentencePiece batch call: amortises the call, bounds memory
+
+
+def doc_source(record: dict, field: str) -> str:
+    """The source a clean record belongs to: records of a run without catalogue have no source_name, and
+    are all of the clean.inputs source."""
+    value = record.get(field)
+    if value:
+        return str(value)
+    return DEFAULT_SOURCE if field == SOURCE_FIELD else "none"
+
+
+def blend_identity(cfg) -> list | None:
+    """The catalogue sources' weights and multipliers: the blend reads them, clean's hash leaves them out
+    (changing a weight re-runs preprocess, not clean). None without any: the hash of a run without them
+    is what it was before catalogues."""
+    weighted = [[s.name, s.weight, s.multiplier] for s in cfg.clean.sources if s.weight is not None or s.multiplier is not None]
+    return weighted or None
+
+
+def validate(cfg) -> None:
+    """A catalogue source's weight or multiplier applies to datasets of that source only: ConfigError unless
+    preprocess makes them (split_by_source on the source name)."""
+    p = cfg.preprocess
+    for i, src in enumerate(cfg.clean.sources):
+        if (src.weight is not None or src.multiplier is not None) and not (p.split_by_source and p.source_field == SOURCE_FIELD):
+            what = "weight" if src.weight is not None else "multiplier"
+            raise ConfigError(f"clean.sources[{i}].{what} needs one dataset per source: set preprocess.split_by_source"
+                              f"=true (with preprocess.source_field={SOURCE_FIELD}), or remove the {what}")
 
 
 def dataset_name(lang: str, source: str | None) -> str:
@@ -120,7 +155,7 @@ def encode_batch(sp, batch, writers: PartWriters, cfg, eod: int, threads: int) -
     ids = sp.encode([d.text for d in batch], num_threads=threads)
     groups: dict[tuple, tuple[list, int]] = {}
     for doc, toks in zip(batch, ids):
-        source = str(doc.record.get(p.source_field) or "none") if p.split_by_source else None
+        source = doc_source(doc.record, p.source_field) if p.split_by_source else None
         split = "valid" if unit_hash(cfg.seed, "valid", doc.id) < p.validation_fraction else "train"
         key = (split, dataset_name(doc.lang, source), doc.lang, source)
         docs, nbytes = groups.get(key, ([], 0))
@@ -179,17 +214,31 @@ def load_manifests(ctx: TaskContext) -> list[dict]:
     return manifests
 
 
-def blend_weights(datasets: dict, alpha: float, multipliers: dict[str, float]) -> dict[str, float]:
-    """α-sampling over languages by training tokens, split within a language by tokens, × multipliers."""
+def blend_weights(datasets: dict, alpha: float, multipliers: dict[str, float],
+                  sources: dict[str, SourceConfig] | None = None) -> dict[str, float]:
+    """α-sampling over languages by training tokens, split within a language by tokens, × multipliers
+    (preprocess.multipliers and the catalogue sources'); then each source with a `weight` gets that share
+    of the blend, its datasets in proportion, and the other datasets share the rest."""
+    sources = sources or {}
     tokens = {n: d.get("train", {}).get("tokens", 0) for n, d in datasets.items()}
     per_lang: dict[str, int] = {}
     for name, d in datasets.items():
         per_lang[d["lang"]] = per_lang.get(d["lang"], 0) + tokens[name]
     p_lang = alpha_weights(per_lang, alpha)
     raw = {n: p_lang.get(d["lang"], 0.0) * tokens[n] / max(per_lang[d["lang"]], 1) * multipliers.get(n, 1.0)
-           for n, d in datasets.items()}
-    total = sum(raw.values())
-    return {n: (w / total if total else 0.0) for n, w in raw.items()}
+           * (getattr(sources.get(d["source"]), "multiplier", None) or 1.0) for n, d in datasets.items()}
+    share = {n: sources[d["source"]].weight for n, d in datasets.items()
+             if d["source"] in sources and sources[d["source"]].weight is not None}
+    groups: dict[object, float] = {}  # a weighted source's raw total; None: every other dataset's
+    for n, d in datasets.items():
+        group = d["source"] if n in share else None
+        groups[group] = groups.get(group, 0.0) + raw[n]
+    rest = 1.0 - sum(sources[s].weight for s, total in groups.items() if s is not None and total)
+    shares = {n: share.get(n, rest) for n in datasets}
+    weights = {n: shares[n] * raw[n] / groups[datasets[n]["source"] if n in share else None]
+               if raw[n] else 0.0 for n in datasets}
+    total = sum(weights.values())  # 1, unless no dataset is left outside the weighted sources
+    return {n: (w / total if total else 0.0) for n, w in weights.items()}
 
 
 def merge_step(ctx: TaskContext) -> None:
@@ -220,10 +269,14 @@ def merge_step(ctx: TaskContext) -> None:
                                          "max_id": max(x["max_id"] for x in metas), **merged}
         progress.update(1)
     progress.close()
-    weights = blend_weights(datasets, cfg.preprocess.alpha, cfg.preprocess.multipliers)
+    sources = {s.name: s for s in cfg.clean.sources} if cfg.preprocess.split_by_source else {}
+    weights = blend_weights(datasets, cfg.preprocess.alpha, cfg.preprocess.multipliers, sources)
     for name, d in datasets.items():
         d["weight"] = round(weights[name], 12)
         d["multiplier"] = cfg.preprocess.multipliers.get(name, 1.0)
+        if d["source"] in sources and (sources[d["source"]].weight or sources[d["source"]].multiplier):
+            src = sources[d["source"]]
+            d["source_weight" if src.weight is not None else "source_multiplier"] = src.weight or src.multiplier
     write_json(out / "blend.json", {
         "format": "megatron-mmap-indexed-dataset-v1", "tokenizer_hash": info.hash, "vocab_size": info.vocab_size,
         "eod_id": info.eod_id, "dtype": str(dtype_for_vocab(info.vocab_size)), "alpha": cfg.preprocess.alpha,
@@ -250,10 +303,12 @@ STAGE = Stage(
     name="preprocess",
     needs=("clean", "tokenizer"),
     sections=("seed", "preprocess"),
+    identity=blend_identity,
     steps=(Step("count", count_step), Step("tokenize", tokenize_step, num_tasks=lambda cfg: cfg.preprocess.num_tasks),
            Step("merge", merge_step)),
     description="tokenise clean/ into Megatron mmap datasets per language, merge, and write blend weights",
     summary=summary,
     output="shards",
+    validate=validate,
     config={"preprocess": PreprocessConfig},
 )

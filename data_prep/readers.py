@@ -1,7 +1,8 @@
 """Raw-document readers: jsonl (plain, .gz, .zst), parquet, plain text and source files.
 
 `list_inputs` expands `clean.inputs` into a sorted, numbered file list (the number is part of every
-document's global key, so it must not depend on the task count); `split_inputs` cuts uncompressed
+document's global key, so it must not depend on the task count), `list_catalogue` the globs of every
+`clean.sources` entry into one such list whose files name their source; `split_inputs` cuts uncompressed
 jsonl files larger than a task's share into byte ranges, so one big file spreads over many tasks;
 `assign_files` splits files or ranges by size into tasks; `read_file` / `read_slice` yield a
 `Document` per record and a `Reject` per record they cannot read. A reject names its reason, file and
@@ -32,13 +33,12 @@ from pathlib import Path
 import zstandard
 
 from core.errors import DataError
+from data_prep.code_languages import language_of_extension, sniff
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".ndjson")
 TEXT_SUFFIXES = (".txt", ".md")
 PARQUET_SUFFIXES = (".parquet",)
-CODE_LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".java": "java", ".c": "c",
-                  ".h": "c", ".cpp": "cpp", ".cc": "cpp", ".go": "go", ".rs": "rust", ".sh": "shell",
-                  ".rb": "ruby", ".php": "php", ".scala": "scala", ".lua": "lua", ".jl": "julia"}
+SNIFF_BYTES = 64 << 10  # of a file without extension, read to tell whether it is source code
 # File-level rejects after which records of the file may be missing: clean.on_corrupt_file decides.
 BROKEN_FILE_REASONS = ("corrupt_file", "unreadable_file")
 # What decoding a damaged file raises: truncated gzip (EOFError), bad gzip data (zlib.error,
@@ -53,8 +53,9 @@ class InputFile:
     source: str  # path relative to the common root of the inputs: stable across machines
     index: int  # position in the sorted list of all inputs
     size: int
-    kind: str  # jsonl | parquet | text | code | unknown
+    kind: str  # jsonl | parquet | text | code | extensionless (code if its content says so) | unknown
     code_lang: str = ""
+    source_name: str = ""  # the clean.sources entry whose globs matched the file ("" for clean.inputs)
 
 
 @dataclass(slots=True)
@@ -66,6 +67,7 @@ class Document:
     key: int  # file index << 32 | line: sorts documents in input order whatever the task split
     meta: dict = field(default_factory=dict)
     code_lang: str = ""
+    source_name: str = ""
 
 
 @dataclass(slots=True)
@@ -85,7 +87,9 @@ def file_kind(path: Path, code_extensions: list[str]) -> tuple[str, str]:
     if name.endswith(TEXT_SUFFIXES):
         return "text", ""
     if path.suffix.lower() in code_extensions:
-        return "code", CODE_LANGUAGES.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
+        return "code", language_of_extension(path.suffix)
+    if not path.suffix:  # a script such as bin/serve: its reader decides from its content
+        return "extensionless", ""
     return "unknown", ""
 
 
@@ -93,26 +97,49 @@ def list_inputs(patterns: list[str], code_extensions: list[str]) -> list[InputFi
     """Expand paths, directories and globs (`**` allowed) into a sorted list of files."""
     if not patterns:
         raise DataError("clean.inputs is empty; set it to the raw corpus, e.g. clean.inputs='[data/raw/**/*]'")
-    paths: set[Path] = set()
-    for pattern in patterns:
-        matched = [Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)]
-        found = [f for p in matched for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
-        broken = [f for f in found if f.is_symlink() and not f.exists()]
-        if broken:
-            raise DataError(f"clean.inputs entry {pattern!r}: {broken[0]} is a broken symbolic link (to "
-                            f"{os.readlink(broken[0])}); restore its target or remove the link")
-        found = [f for f in found if f.is_file() and not f.name.startswith(".")]
-        if not found:
-            raise DataError(f"clean.inputs entry {pattern!r} matches no file; check the path (globs such as "
-                            "data/raw/**/*.jsonl.zst are allowed)")
-        paths.update(p.resolve() for p in found)
-    ordered = sorted(paths, key=str)
+    return list_catalogue([("", patterns, "clean.inputs", "")], code_extensions)
+
+
+def list_catalogue(groups: list[tuple[str, list[str], str, str]], code_extensions: list[str]) -> list[InputFile]:
+    """The files of every (source name, patterns, config key, declared programming language) group, sorted
+    and numbered together (so keys are in path order whatever the sources), each naming its source; a
+    file two sources match is an error: a document belongs to one source. A source that declares a
+    programming language makes every file of it code of that language (whatever its extension), and
+    every record of its jsonl or parquet files."""
+    owner: dict[Path, tuple[str, str]] = {}
+    declared_code: dict[str, str] = {}
+    for name, patterns, key, code_lang in groups:
+        declared_code[name] = code_lang
+        for pattern in patterns:
+            for p in _expand(pattern, key):
+                if p in owner and owner[p][0] != name:
+                    raise DataError(f"{p} is matched by {owner[p][1]} and {key} ({pattern!r}); a file belongs to "
+                                    "one source: narrow one of the globs")
+                owner.setdefault(p, (name, key))
+    ordered = sorted(owner, key=str)
     root = Path(os.path.commonpath([p.parent for p in ordered]))
     files = []
     for i, p in enumerate(ordered):
         kind, code_lang = file_kind(p, [e.lower() for e in code_extensions])
-        files.append(InputFile(p, p.relative_to(root).as_posix(), i, p.stat().st_size, kind, code_lang))
+        if declared := declared_code[owner[p][0]]:
+            kind, code_lang = (kind if kind in ("jsonl", "parquet") else "code"), declared
+        files.append(InputFile(p, p.relative_to(root).as_posix(), i, p.stat().st_size, kind, code_lang,
+                               owner[p][0]))
     return files
+
+
+def _expand(pattern: str, key: str) -> list[Path]:
+    matched = [Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)]
+    found = [f for p in matched for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
+    broken = [f for f in found if f.is_symlink() and not f.exists()]
+    if broken:
+        raise DataError(f"{key} entry {pattern!r}: {broken[0]} is a broken symbolic link (to "
+                        f"{os.readlink(broken[0])}); restore its target or remove the link")
+    found = [f for f in found if f.is_file() and not f.name.startswith(".")]
+    if not found:
+        raise DataError(f"{key} entry {pattern!r} matches no file; check the path (globs such as "
+                        "data/raw/**/*.jsonl.zst are allowed)")
+    return [p.resolve() for p in found]
 
 
 @dataclass(frozen=True)
@@ -170,7 +197,8 @@ class Fields:
 
 def read_file(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:
     """Every record of one file, in order; an unreadable record or file becomes a `Reject`."""
-    readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_whole, "code": _read_whole}
+    readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "text": _read_whole, "code": _read_whole,
+               "extensionless": _read_extensionless}
     if f.kind not in readers:
         yield Reject("unsupported_format", f.source, 0, f"extension of {f.path.name} is not one of "
                      "jsonl[.gz|.zst], parquet, txt or clean.code_extensions")
@@ -365,7 +393,27 @@ def _read_whole(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:
     if not text.strip():
         yield Reject("empty_file", f.source, 0, "the file holds only whitespace")
         return
-    yield Document(id=f.source, text=text, source=f.source, line=1, key=f.index << 32 | 1, code_lang=f.code_lang)
+    yield Document(id=f.source, text=text, source=f.source, line=1, key=f.index << 32 | 1, code_lang=f.code_lang,
+                   source_name=f.source_name)
+
+
+def _read_extensionless(f: InputFile, fields: Fields) -> Iterator[Document | Reject]:
+    """A source file when its content is code of a known language (data_prep/code_languages.py: sniff);
+    anything else without an extension (binaries, READMEs) is an unsupported format, as before."""
+    with open(f.path, "rb") as fh:  # a prefix first: the file may be a large binary
+        head = fh.read(SNIFF_BYTES)
+    code_lang = "" if b"\0" in head else sniff(head.decode("utf-8", errors="ignore"))
+    text = ""
+    if code_lang:
+        try:
+            text = f.path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            code_lang = ""
+    if not code_lang:
+        yield Reject("unsupported_format", f.source, 0, f"{f.path.name} has no extension and is not source code "
+                     "of a language of data_prep/code_languages.py; give it an extension")
+        return
+    yield Document(id=f.source, text=text, source=f.source, line=1, key=f.index << 32 | 1, code_lang=code_lang)
 
 
 def record_to_document(record: object, f: InputFile, line: int, fields: Fields) -> Document | Reject:
@@ -384,4 +432,4 @@ def record_to_document(record: object, f: InputFile, line: int, fields: Fields) 
     if fields.code and isinstance(record.get(fields.code), str) and record[fields.code]:
         code_lang = record[fields.code]
     return Document(id=doc_id, text=text, source=f.source, line=line, key=f.index << 32 | line,
-                    meta=meta, code_lang=code_lang)
+                    meta=meta, code_lang=code_lang, source_name=f.source_name)

@@ -4,7 +4,8 @@ The sample is a bottom-k sample by line hash: every line gets a key hash(seed, l
 each language keeps its lines of smallest key until its byte budget is spent. Identical lines get the
 same key, so deduplication is free; the sample depends only on the seed and the corpus content, not on
 shard boundaries; and memory stays near the sample size because pass 2 only keeps lines below a key
-threshold computed from pass 1's byte counts.
+threshold computed from pass 1's byte counts. Documents of a catalogue (clean.sources) name their source:
+shares.json then says how many sample bytes each source gave (`sources`), and held-out records keep it.
 """
 
 from __future__ import annotations
@@ -103,26 +104,35 @@ def count_bytes(docs: Iterable[CleanDocument], seed: int, heldout_fraction: floa
 
 def collect(docs: Iterable[CleanDocument], thresholds: dict[str, float], seed: int, heldout_fraction: float):
     """Pass 2: candidate lines under each language's key threshold, deduplicated; held-out documents."""
-    candidates: dict[str, tuple[float, str, str]] = {}  # digest -> (key, lang, line); first occurrence wins
-    heldout: dict[str, list[str]] = {}
+    # line -> (key, lang, line, source); first occurrence wins. Lines are unique, so the source never
+    # decides their order.
+    candidates: dict[str, tuple[float, str, str, str]] = {}
+    heldout: dict[str, list[dict]] = {}
     heldout_bytes: dict[str, int] = {}
     for doc in docs:
         if is_heldout(doc, seed, heldout_fraction):
             if heldout_bytes.get(doc.lang, 0) < HELDOUT_BYTES_PER_LANG:
-                heldout.setdefault(doc.lang, []).append(doc.text)
+                heldout.setdefault(doc.lang, []).append(_heldout_record(doc))
                 heldout_bytes[doc.lang] = heldout_bytes.get(doc.lang, 0) + len(doc.text.encode("utf-8", "surrogatepass"))
             continue
         theta = thresholds.get(doc.lang, 0.0)
         for line in lines_of(doc.text):
             key = unit_hash(seed, line)
             if key < theta and line not in candidates:
-                candidates[line] = (key, doc.lang, line)
+                candidates[line] = (key, doc.lang, line, str(doc.record.get("source_name", "")))
     return candidates, heldout
 
 
-def select(candidates, budgets: dict[str, int]) -> list[tuple[float, str, str]]:
+def _heldout_record(doc: CleanDocument) -> dict:
+    record = {"lang": doc.lang, "text": doc.text}
+    if "source_name" in doc.record:
+        record["source_name"] = doc.record["source_name"]
+    return record
+
+
+def select(candidates, budgets: dict[str, int]) -> list[tuple[float, str, str, str]]:
     """Each language's lines of smallest key until its budget is spent."""
-    per_lang: dict[str, list[tuple[float, str, str]]] = {}
+    per_lang: dict[str, list[tuple[float, str, str, str]]] = {}
     for item in candidates.values():
         per_lang.setdefault(item[1], []).append(item)
     chosen = []
@@ -159,7 +169,7 @@ def fill_budgets(read_docs, sizes: dict[str, int], targets: dict[str, float], to
         docs = tracked(read_docs(), progress, f"tokenizer sample: sampling (pass {n + 2})", num_docs)
         candidates, heldout = collect(docs, thresholds, seed, heldout_fraction)
         avail: dict[str, int] = {}
-        for _key, lang, line in candidates.values():
+        for _key, lang, line, _source in candidates.values():
             avail[lang] = avail.get(lang, 0) + len(line.encode("utf-8", "surrogatepass"))
         short = {k for k in budgets if avail.get(k, 0) < budgets[k]}
         if not short:
@@ -201,9 +211,15 @@ def build_sample(read_docs: Callable[[], Iterable[CleanDocument]], out: Path, *,
                                                 progress=progress, num_docs=counted[0])
     chosen = select(candidates, budgets)
     got: dict[str, list[int]] = {k: [0, 0] for k in sizes}
-    for _, lang, line in chosen:
-        got[lang][0] += len(line.encode("utf-8", "surrogatepass"))
+    by_source: dict[str, dict[str, int]] = {}
+    for _, lang, line, source in chosen:
+        size = len(line.encode("utf-8", "surrogatepass"))
+        got[lang][0] += size
         got[lang][1] += 1
+        if source:
+            entry = by_source.setdefault(source, {"bytes": 0, "lines": 0})
+            entry["bytes"] += size
+            entry["lines"] += 1
     sample_total = sum(b for b, _ in got.values()) or 1
     shares = {"alpha": alpha, "seed": seed, "sample_bytes": sample_bytes, "bytes": sample_total,
               "lines": len(chosen), "languages": {
@@ -212,10 +228,11 @@ def build_sample(read_docs: Callable[[], Iterable[CleanDocument]], out: Path, *,
                       # true when the language has fewer unique bytes than its share asks for
                       "capped": budgets.get(k, 0) < round(targets.get(k, 0.0) * total) - 1}
                   for k in sorted(sizes)}}
+    if by_source:
+        shares["sources"] = dict(sorted(by_source.items()))
     sample_path, heldout_path = out / "sample.txt", out / "heldout.jsonl"
-    write_lines(sample_path, (line + "\n" for _, _, line in chosen))
-    write_lines(heldout_path, (json.dumps({"lang": k, "text": t}, ensure_ascii=False) + "\n"
-                               for k in sorted(heldout) for t in heldout[k]))
+    write_lines(sample_path, (line + "\n" for _, _, line, _ in chosen))
+    write_lines(heldout_path, (json.dumps(r, ensure_ascii=False) + "\n" for k in sorted(heldout) for r in heldout[k]))
     write_lines(out / "shares.json", [json.dumps(shares, indent=2, ensure_ascii=False)])
     for k, v in shares["languages"].items():
         log.info("sample %-14s target %5.1f%%  got %5.1f%%  (%d bytes%s)", k, 100 * v["target_share"],

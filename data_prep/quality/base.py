@@ -4,7 +4,7 @@ A check is a predicate over one prose document, `keep(doc: Text, p) -> bool`, re
 `@quality_check(name, **params)`: True keeps the document, False drops it with the check's name as
 the reason (counted in stats.json). `params` are the per-language parameters it reads, with their
 defaults; `p` holds those of every check for the document's language: the defaults, then the row
-of `filters.LANGUAGE_PARAMS`, then `clean.filters.default`, then `clean.filters.<lang>`.
+of the language table (data_prep/languages.py), then `clean.filters.default`, then `clean.filters.<lang>`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from types import MappingProxyType, SimpleNamespace
 
 from core.errors import ConfigError
-from data_prep.filters import CJK_LANGS, LANGUAGE_PARAMS, CodeParams, split_words
+from data_prep.filters import CJK_LANGS, CodeParams, split_words
+from data_prep.languages import language_params
 
 # clean.quality_checks by default: the order of the checks before they were separate, cheapest first.
 DEFAULT_CHECKS = ("low_lang_score", "too_few_words", "too_many_words", "special_characters", "word_repetition",
@@ -107,21 +108,21 @@ def params_for(lang: str, overrides: dict[str, dict[str, float]], default_min_la
     """The checks' defaults and `clean.min_lang_score`, then the table row of `lang`, then
     `clean.filters.default`, then `clean.filters.<lang>`."""
     values = {p: v for name in check_names() for p, v in CHECKS[name].params.items()}
-    values.update({"min_lang_score": default_min_lang_score, **LANGUAGE_PARAMS.get(lang, {})})
+    values.update({"min_lang_score": default_min_lang_score, **language_params(lang)})
     values.update(overrides.get("default", {}))
     values.update(overrides.get(lang, {}))
     return Params(**values)
 
 
-def check_overrides(overrides: dict[str, dict[str, float]]) -> None:
-    """Reject unknown parameter names in `clean.filters` before any task starts."""
+def check_overrides(overrides: dict[str, dict[str, float]], key: str = "clean.filters") -> None:
+    """Reject unknown parameter names in `clean.filters` (or a source's `filters`, at `key`) before any task starts."""
     text_names = param_names()
     code_names = [f.name for f in dataclasses.fields(CodeParams)]
     for lang, values in overrides.items():
         valid = code_names if lang == "code" else text_names
         for name in values:
             if name not in valid:
-                raise ConfigError(f"unknown key 'clean.filters.{lang}.{name}'; valid keys: {', '.join(valid)}")
+                raise ConfigError(f"unknown key '{key}.{lang}.{name}'; valid keys: {', '.join(valid)}")
 
 
 class QualityFilter:

@@ -1,4 +1,7 @@
-"""Drop a document whose language-id probability is under `min_lang_score` (default: clean.min_lang_score)."""
+"""Drop a document whose language-id probability is under `min_lang_score` (default: clean.min_lang_score).
+
+Documents of a source with a declared language skip it (clean_steps.LANGUAGE_ID_CHECKS): their language
+is the catalogue's, not the model's guess, and the model may have no label for it."""
 
 from data_prep.quality.base import Params, Text, quality_check
 

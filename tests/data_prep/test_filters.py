@@ -8,7 +8,6 @@ import pytest
 
 from core.errors import ConfigError
 from data_prep.filters import (
-    LANGUAGE_PARAMS,
     CodeFilter,
     CodeParams,
     char_repetition_ratio,
@@ -16,6 +15,7 @@ from data_prep.filters import (
     split_words,
 )
 from data_prep.langid import LanguageIdentifier
+from data_prep.languages import LANGUAGES
 from data_prep.normalize import NormalizeConfig, Normalizer
 from data_prep.pii import PiiRedactor
 from data_prep.quality import CHECKS, QualityFilter, check_overrides, param_names, params_for
@@ -125,7 +125,7 @@ def test_parameters_defaults_then_table_then_overrides():
     assert vars(params_for("xx", {"default": {"min_words": 3}}, 0.42)) == {**defaults, "min_words": 3, "min_lang_score": 0.42}
     zh = params_for("zh", {"default": {"min_words": 3, "max_words": 9}, "zh": {"max_words": 7}}, 0.42)
     assert (zh.min_words, zh.max_words, zh.char_rep_n, zh.min_lang_score) == (3, 7, 5, 0.6)
-    assert {p for row in LANGUAGE_PARAMS.values() for p in row} <= set(param_names())
+    assert {p for row in LANGUAGES.values() for p in row.params} <= set(param_names())
 
 
 def test_boilerplate_lines_removed():

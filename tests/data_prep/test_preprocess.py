@@ -105,7 +105,8 @@ def test_blend_weights_follow_alpha_and_multipliers(one_task, base, tmp_path):
 
 
 def test_split_by_source(base, tmp_path):
-    shards = preprocess_run(fresh(base, tmp_path), **{"preprocess.split_by_source": True})
+    # These records name their source in `source` (as clean's input file field would): the field is a setting.
+    shards = preprocess_run(fresh(base, tmp_path), **{"preprocess.split_by_source": True, "preprocess.source_field": "source"})
     names = set(json.loads((shards / "blend.json").read_text())["datasets"])
     assert {"en__web", "en__books", "code_python__web"} <= names
 
