@@ -413,7 +413,8 @@ def _read_extensionless(f: InputFile, fields: Fields) -> Iterator[Document | Rej
         yield Reject("unsupported_format", f.source, 0, f"{f.path.name} has no extension and is not source code "
                      "of a language of data_prep/code_languages.py; give it an extension")
         return
-    yield Document(id=f.source, text=text, source=f.source, line=1, key=f.index << 32 | 1, code_lang=code_lang)
+    yield Document(id=f.source, text=text, source=f.source, line=1, key=f.index << 32 | 1, code_lang=code_lang,
+                   source_name=f.source_name)
 
 
 def record_to_document(record: object, f: InputFile, line: int, fields: Fields) -> Document | Reject:

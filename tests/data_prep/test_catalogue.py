@@ -4,7 +4,8 @@ sample, the preprocess datasets and their blend weights; bad entries fail at con
 outputs are byte-identical whatever clean.num_tasks.
 
 The corpus: Wolof (declared `wo`, which lid.176 has no label for), French news (declared `fr`, with one
-English article: a confident disagreement), a mixed en/fr/es/de crawl (undeclared) and two code files.
+English article: a confident disagreement), a mixed en/fr/es/de crawl (undeclared) and code in three
+languages, one file without extension.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ CODE = {
                 "    return max(values) - min(values)\n",
     "greet.js": "// Greeting helpers for the home page\nfunction greet(name) {\n  const message = `Hello, ${name}!`;\n"
                 "  console.log(message);\n  return message;\n}\n\nmodule.exports = { greet };\n",
+    # No extension: a script, recognised by its shebang.
+    "serve": "#!/usr/bin/env ruby\n# Serves the static files of the current folder on port 8000\nrequire 'webrick'\n\n"
+             "server = WEBrick::HTTPServer.new(Port: 8000, DocumentRoot: Dir.pwd)\n"
+             "trap('INT') { server.shutdown }\nserver.start\n",
 }
 
 
@@ -174,7 +179,7 @@ def test_undeclared_documents_are_identified_as_without_a_catalogue(kept, raw, t
         assert "lid_top" not in r and SOURCE_FIELD not in alone[doc_id]  # no catalogue, no source field
     assert [crawl[f"crawl-{i}"]["lang"] for i in range(3)] == ["en", "fr", "es"]
     code = [r for r in records(kept) if r[SOURCE_FIELD] == "code"]
-    assert sorted(r["code_lang"] for r in code) == ["javascript", "python"] and {r["lang"] for r in code} == {"code"}
+    assert sorted(r["code_lang"] for r in code) == ["javascript", "python", "ruby"] and {r["lang"] for r in code} == {"code"}
 
 
 def test_stats_count_per_source(kept):
@@ -183,7 +188,7 @@ def test_stats_count_per_source(kept):
     assert set(sources) == {"wolof", "news_fr", "crawl", "code"}
     for name, e in sources.items():
         assert e["docs_in"] == e["docs_out"] + sum(e["dropped"].values()), name
-    assert (sources["wolof"]["docs_out"], sources["news_fr"]["docs_out"], sources["code"]["docs_out"]) == (4, 4, 2)
+    assert (sources["wolof"]["docs_out"], sources["news_fr"]["docs_out"], sources["code"]["docs_out"]) == (4, 4, 3)
     assert sources["crawl"]["dropped"] == {"language_not_kept": 1}
     assert sum(sources["wolof"]["lid_top"].values()) == 4 and "wo" not in sources["wolof"]["lid_top"]
     assert sources["news_fr"]["lid_top"] == {"fr": 3, "en": 1}
@@ -243,7 +248,7 @@ def test_source_filters_apply_to_that_source_only(raw, tmp_path):
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"clean.sources={json.dumps(sources)}",
                              "preprocess.split_by_source=true"])
     stats = json.loads((run_clean(cfg) / "stats.json").read_text())["sources"]
-    assert stats["code"]["docs_out"] == 0 and sum(stats["code"]["dropped"].values()) == 2
+    assert stats["code"]["docs_out"] == 0 and sum(stats["code"]["dropped"].values()) == 3
     assert stats["more_code"]["docs_out"] == 1
 
 
