@@ -3,6 +3,8 @@ refused codes, and real text of several languages through the quality checks wit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.errors import ConfigError
@@ -147,3 +149,13 @@ def test_chinese_counts_characters():
     # Split at spaces, the same text is a handful of "words": too few for any whitespace language.
     assert Text(text, "xx", 1.0).n_words < 5
     assert QualityFilter("xx", params_for("xx", {}, 0.5), DEFAULT_CHECKS)(text, 1.0) == (False, "too_few_words")
+
+
+def test_the_readme_shows_the_tables_as_the_code_has_them():
+    """README.md's language and programming-language tables are the ones the tables render now."""
+    from data_prep import code_languages, languages
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for table in (languages.render_markdown(), code_languages.render_markdown()):
+        stale = [row for row in table.splitlines() if row.startswith("|") and row not in readme]
+        assert not stale, f"README.md lacks {stale[0]!r}: paste the output of `python -m data_prep.languages` and `python -m data_prep.code_languages`"
