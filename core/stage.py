@@ -28,8 +28,10 @@ class Step:
     run: Callable[[TaskContext], None]
     num_tasks: Callable[[RunConfig], int] = one_task
     # "cpu": a data task (array element on the CPU partition); "gpu": one distributed job of
-    # train.num_nodes x train.devices_per_node processes, every one calling run(ctx).
-    kind: Literal["cpu", "gpu"] = "cpu"
+    # train.num_nodes x train.devices_per_node processes, every one calling run(ctx); "accel": one task
+    # on one accelerator (on a cluster a job of 1 node, 1 task and 1 GPU of the gpu partition; elsewhere a
+    # plain task that uses a GPU when the machine has one): evaluation.
+    kind: Literal["cpu", "gpu", "accel"] = "cpu"
 
     def count(self, cfg: RunConfig) -> int:
         """Tasks the orchestrator tracks: one per array element, one for a whole distributed job."""

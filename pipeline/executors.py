@@ -259,6 +259,8 @@ class SlurmExecutor(Executor):
         if kind == "gpu":
             job = self._executor("gpu", 1, after, label).submit(fn, 0)
             return [Handle("training job", job)]
+        if kind == "accel":  # one task on one GPU: a job of the gpu partition, not an array
+            return [Handle(f"task {r}", self._executor("accel", 1, after, label).submit(fn, r)) for r in ranks]
         ex = self._executor("cpu", len(ranks), after, label)
         jobs = ex.map_array(fn, ranks)
         return [Handle(f"task {r}", j) for r, j in zip(ranks, jobs)]

@@ -1,7 +1,8 @@
 """Slurm resources for graine's jobs: site profiles, merged with the run config, as submitit parameters.
 
 A profile (`slurm/profiles/<name>.yaml`) describes a site once: per kind of job (`cpu` data tasks, `gpu`
-training, `dev` short GPU runs) the submitit `SlurmExecutor` parameters, the module/setup lines, the
+training, `dev` short GPU runs; an `accel` job, one task on one GPU for evaluation, is cut from `gpu`) the
+submitit `SlurmExecutor` parameters, the module/setup lines, the
 environment and where run directories go. A run config picks a profile with `cluster.profile` and
 overrides any parameter with `cluster.slurm.*` (every job) then `cluster.cpu.*` / `cluster.gpu.*`.
 
@@ -30,8 +31,9 @@ from core.errors import ConfigError
 from core.stage import Stage
 from pipeline.config import RunConfig
 
-Kind = Literal["cpu", "gpu", "dev"]
-KINDS: tuple[str, ...] = ("cpu", "gpu", "dev")
+Kind = Literal["cpu", "gpu", "dev", "accel"]
+KINDS: tuple[str, ...] = ("cpu", "gpu", "dev")  # a profile's job sections
+JOB_KINDS = (*KINDS, "accel")  # accel: one task on one GPU, from the profile's gpu section
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE_DIR = ROOT / "slurm" / "profiles"
 EXAMPLE_DIR = ROOT / "slurm" / "examples"
@@ -134,8 +136,8 @@ def job_for(cfg: RunConfig, kind: Kind, num_tasks: int = 1) -> SlurmJob:
     gpus_per_node wins (change it with cluster.gpu.gpus_per_node); `train.devices_per_node` only sets
     the processes per node where there are no GPUs (local-cluster), e.g. the CPU demo's 2 gloo ranks.
     """
-    if kind not in KINDS:
-        raise ValueError(f"job kind {kind!r} is not one of {KINDS}")  # a caller's bug, not user input
+    if kind not in JOB_KINDS:
+        raise ValueError(f"job kind {kind!r} is not one of {JOB_KINDS}")  # a caller's bug, not user input
     cluster = cfg.cluster
     profile = _read_profile(cluster.profile)
     if not profile.get("slurm", True):
@@ -189,7 +191,7 @@ def _merged_params(cfg: RunConfig, profile: dict[str, Any], kind: str) -> dict[s
     overrides = dict(getattr(cluster, _section(kind)))
     if kind == "dev":
         overrides = {k: v for k, v in overrides.items() if k not in DEV_KEEPS}
-    params = _merge(copy.deepcopy(profile.get(kind) or {}), cluster.slurm)
+    params = _merge(copy.deepcopy(profile.get("gpu" if kind == "accel" else kind) or {}), cluster.slurm)
     return _merge(params, overrides)
 
 
@@ -218,6 +220,8 @@ def _apply_shape(cfg: RunConfig, profile: dict[str, Any], params: dict[str, Any]
         params["array_parallelism"] = min(int(params.get("array_parallelism", 256)), max(num_tasks, 1))
         return
     gpus = _gpus_per_node(params, f"cluster.{_section(kind)}")
+    if kind == "accel":  # one task on one GPU (or one process where the profile's gpu jobs have none)
+        gpus = min(gpus, 1)
     params.pop("gres", None)
     params.pop("gpus_per_node", None)
     if gpus:
@@ -225,8 +229,8 @@ def _apply_shape(cfg: RunConfig, profile: dict[str, Any], params: dict[str, Any]
             params["gres"] = f"gpu:{gpus}"
         else:
             params["gpus_per_node"] = gpus
-    params["nodes"] = cfg.train.num_nodes
-    params["ntasks_per_node"] = gpus or cfg.train.devices_per_node
+    params["nodes"] = 1 if kind == "accel" else cfg.train.num_nodes
+    params["ntasks_per_node"] = 1 if kind == "accel" else gpus or cfg.train.devices_per_node
 
 
 def _gpus_per_node(params: dict[str, Any], where: str) -> int:
@@ -329,10 +333,11 @@ def render_sbatch(cfg: RunConfig, stage: Stage, config_path: str, overrides: lis
     environment graine is installed in; on a cluster the module's, the same path on compute nodes).
     """
     gpu = any(step.kind == "gpu" for step in stage.steps)
-    kind = ("dev" if dev else "gpu") if gpu else "cpu"
+    accel = not gpu and any(step.kind == "accel" for step in stage.steps)
+    kind = ("dev" if dev else "gpu") if gpu else "accel" if accel else "cpu"
     tasks = max((step.num_tasks(cfg) for step in stage.steps if step.kind == "cpu"), default=1)
     job = job_for(cfg, kind, num_tasks=tasks)
-    if not gpu:
+    if not gpu and not accel:
         # One allocation runs every task of a step, at most this many at once: no more than the
         # profile's nodes can give (script_tasks), so that the job can start at all.
         job.num_tasks = min(tasks, int(_read_profile(cfg.cluster.profile).get("script_tasks") or tasks))
@@ -379,7 +384,7 @@ def _sbatch_lines(stage: Stage, job: SlurmJob) -> list[str]:
     ordered = [k for k in _FIRST if k in params] + sorted(k for k in params if k not in _FIRST)
     lines = [_flag(k, params[k]) for k in ordered]
     lines.append("#SBATCH --output=%x-%j.out  # %x job name, %j job id; in the submission directory")
-    if job.kind != "cpu":
+    if job.kind in ("gpu", "dev"):  # the training's requeue chain (its trap is in _gpu_body)
         lines.append("#SBATCH --open-mode=append  # a requeued job adds to its log instead of replacing it")
         delay = int(job.params.get("signal_delay_s", 90))
         lines.append(f"# USR1 to this batch shell {delay} s before the walltime: the trap below asks the "
@@ -467,6 +472,7 @@ EXAMPLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("pretrain-jean-zay-a100.sbatch", "pretrain", ("cluster.profile=jean-zay-a100", "cluster.account=abc@a100")),
     ("pretrain-jean-zay-h100.sbatch", "pretrain", ("cluster.profile=jean-zay-h100", "cluster.account=abc@h100")),
     ("clean-jean-zay-a100.sbatch", "clean", ("cluster.profile=jean-zay-a100", "cluster.account=abc@a100")),
+    ("evaluate-jean-zay-h100.sbatch", "evaluate", ("cluster.profile=jean-zay-h100", "cluster.account=abc@h100")),
 )
 EXAMPLE_CONFIG = "configs/demo.yaml"  # and graine run by the site module's `python` (a rendered script names the renderer's interpreter)
 

@@ -244,7 +244,7 @@ STAGE = Stage(
     name="evaluate",
     needs=("export", "preprocess"),
     sections=("evaluate", "train"),
-    steps=(Step("evaluate", run=evaluate_step),),
+    steps=(Step("evaluate", run=evaluate_step, kind="accel"),),  # a GPU job on a cluster
     description="per-language perplexity and bits per byte of the exports (and lm-eval tasks), offline",
     summary=summary,
     output="eval",

@@ -34,6 +34,12 @@ def test_two_tasks_on_one_node(slurm_cluster, prepared):
     record = json.loads((run_dir / "export" / "global_step16" / "graine_export.json").read_text())
     assert record["step"] == 16 and (run_dir / "export" / "global_step16" / "model.safetensors").is_file()
     assert json.loads((run_dir / "export" / "_COMPLETE.json").read_text())["jobs"]["executor"] == "slurm"
+    # Its evaluation, as one job of the gpu partition (1 node, 1 task; no GPU on this cluster).
+    runner.run(cfg, ["evaluate"], executor="slurm", wait=True)
+    (eval_job,) = json.loads((run_dir / "eval" / "_COMPLETE.json").read_text())["jobs"]["jobs"]["evaluate"].values()
+    assert "NumNodes=1" in show(eval_job) and "NumTasks=1" in show(eval_job), show(eval_job)
+    perplexity = json.loads((run_dir / "eval" / "global_step16" / "perplexity.json").read_text())
+    assert perplexity["datasets"] and all(d["perplexity"] > 1 for d in perplexity["datasets"].values())
 
 
 @pytest.mark.slow

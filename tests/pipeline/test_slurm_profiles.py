@@ -27,7 +27,7 @@ def sbatch_flags(script: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["jean-zay-a100", "jean-zay-h100", "jean-zay-v100", "generic", "local-cluster"])
-@pytest.mark.parametrize("kind", ["cpu", "gpu", "dev"])
+@pytest.mark.parametrize("kind", ["cpu", "gpu", "dev", "accel"])
 def test_every_slurm_profile_gives_valid_submitit_parameters(name, kind):
     account = {"jean-zay-a100": "abc@a100", "jean-zay-h100": "abc@h100", "jean-zay-v100": "abc@v100"}.get(name, "")
     job = slurm.job_for(cfg(f"cluster.profile={name}", f"cluster.account={account}"), kind, num_tasks=3)
@@ -38,6 +38,9 @@ def test_every_slurm_profile_gives_valid_submitit_parameters(name, kind):
     if kind == "cpu":
         assert "gres" not in job.params and not job.params.get("gpus_per_node")
         assert job.params["array_parallelism"] == 3
+    if kind == "accel":  # one task on (at most) one GPU, whatever the training's shape
+        assert (job.params["nodes"], job.params["ntasks_per_node"], job.num_tasks) == (1, 1, 1)
+        assert job.gpus_per_node == (0 if name == "local-cluster" else 1)
 
 
 def test_profile_list_and_unknown_profile():
@@ -112,6 +115,22 @@ def test_gpu_shape_one_task_per_gpu():
     # Without GPUs (the local cluster) train.devices_per_node sets the processes per node.
     local = slurm.job_for(cfg("cluster.profile=local-cluster", "train.devices_per_node=2"), "gpu")
     assert local.params["ntasks_per_node"] == 2 and local.gpus_per_node == 0
+
+
+def test_evaluate_is_a_job_of_one_gpu_on_the_gpu_partition():
+    """Evaluation (an `accel` step) takes one GPU of the training's partition, QoS and constraint, not the
+    training's nodes, and has no requeue trap: it is not a training chain."""
+    assert [s.kind for s in registry.get("evaluate").steps] == ["accel"]
+    job = slurm.job_for(cfg(*H100, "train.num_nodes=4"), "accel")
+    assert (job.params["nodes"], job.params["ntasks_per_node"], job.params["gres"]) == (1, 1, "gpu:1")
+    flags = sbatch_flags(script := render("evaluate", [*H100, "train.num_nodes=4"]))
+    for flag in ("--constraint=h100", "--gres=gpu:1", "--nodes=1", "--ntasks-per-node=1", "--account=abc@h100"):
+        assert flag in flags, flag
+    assert any(re.fullmatch(r"--qos=qos_gpu_h100-t\d", f) for f in flags)
+    assert not any(f.startswith("--signal") for f in flags) and "trap" not in script
+    assert "run_step evaluate 1" in script.splitlines()
+    generic = slurm.job_for(cfg("cluster.profile=generic"), "accel")
+    assert generic.params["gpus_per_node"] == 1 and "gres" not in generic.params
 
 
 def test_cpu_jobs_never_ask_for_zero_gpus():
