@@ -1,5 +1,12 @@
 """Tensors to safetensors files, sharded Hugging Face style: used by the export stage (weights) and by
-`graine checkpoint dump` (optimizer states)."""
+`graine checkpoint dump` (optimizer states).
+
+The files are written here, tensor by tensor, rather than by `safetensors.torch.save_file`, which first
+copies every tensor of the file into Python bytes: with the shard's tensors (and the memory-mapped
+checkpoint pages they were read from) that held the shard in memory two or three times over. The format
+is the documented one (an 8-byte little-endian header length, a JSON header of dtypes, shapes and data
+offsets, padded with spaces to 8 bytes, then the raw little-endian data); the tests read every file back
+with safetensors' own loader."""
 
 from __future__ import annotations
 
@@ -20,8 +27,6 @@ def write_sharded(names: list[str], nbytes: Callable[[str], int], load: Callable
     `<stem>.safetensors.index.json` (Hugging Face's layout). `load(names)` gives one shard's tensors:
     only one shard is in memory at a time. `written(tensors, bytes)` is called after each shard is
     saved (progress). Returns the files written."""
-    from safetensors.torch import save_file
-
     shards: list[list[str]] = [[]]
     size = 0
     for name in names:
@@ -35,7 +40,7 @@ def write_sharded(names: list[str], nbytes: Callable[[str], int], load: Callable
     weight_map = {}
     for file, shard in zip(files, shards):
         tensors = {name: t.contiguous() for name, t in load(shard).items()}
-        save_file(tensors, str(folder / file), metadata={"format": "pt", **(metadata or {})})
+        save_tensors(tensors, folder / file, {"format": "pt", **(metadata or {})})
         os.chmod(folder / file, 0o644)  # safetensors creates 0600 files; a release is meant to be read
         weight_map.update(dict.fromkeys(shard, file))
         del tensors
@@ -46,3 +51,34 @@ def write_sharded(names: list[str], nbytes: Callable[[str], int], load: Callable
         (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
         files.append(f"{stem}.safetensors.index.json")
     return files
+
+
+_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+           "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """One safetensors file, each tensor's bytes written straight from its storage (no copy of the file's
+    data in memory), in name order."""
+    import torch
+
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        dtype = _DTYPES.get(str(t.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise ValueError(f"{name}: safetensors has no dtype for {t.dtype}")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for name in sorted(tensors):
+            t = tensors[name].detach().cpu().contiguous()
+            if t.numel():
+                flat = t.reshape(-1)  # 0-d tensors too
+                f.write(memoryview(flat.view(torch.uint8).numpy()) if t.dtype != torch.bool else flat.numpy().tobytes())
