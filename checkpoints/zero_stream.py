@@ -4,7 +4,8 @@ DeepSpeed's own readers (zero_to_fp32, ds_to_universal) load every rank's optimi
 per parameter in memory at once for a checkpoint of one rank, which at 176B parameters is 2 TB. Here
 the files are memory-mapped (`torch.load(mmap=True)`) for one batch of parameters (one output shard of
 the export or the dump), only those parameters' bytes are read and copied out, and the mappings are
-dropped before the next batch: memory holds one batch, plus the pages of it being copied.
+dropped before the next batch (and every REMAP_BYTES within one): memory holds one batch, plus at most
+REMAP_BYTES (or one parameter's slice, if larger) of mapped pages.
 
 Layouts (per optimizer group, parameters in the order of `param_shapes` in the model states files):
 - ZeRO 1 and 2, and the bf16 optimizer: the group's parameters are flattened end to end (padded at the
@@ -52,6 +53,11 @@ class _Place:
     shape: tuple[int, ...]
     numel: int
     offset: int  # ZeRO 1/2: in the group's flat buffer; ZeRO-3: in each rank's flat partition of the group
+
+
+# A file is mapped afresh after this many bytes are copied out of it: the pages already read are counted
+# in the process's resident memory as long as the mapping lives (re-mapping costs a few ms).
+REMAP_BYTES = 64 << 20
 
 
 class ZeroCheckpoint:
@@ -126,14 +132,19 @@ class ZeroCheckpoint:
                 by_rank.setdefault(r, []).append((name, i, a, b))
         parts: dict[str, list] = {n: [None] * len(p) for n, p in wanted.items()}
         for rank in sorted(by_rank):
-            osd = self._open(rank)  # mapped, not read: only the slices below are
+            osd, mapped = self._open(rank), 0  # mapped, not read: only the slices below are
             for name, i, a, b in by_rank[rank]:
+                if mapped > REMAP_BYTES:  # the pages read so far stay resident while mapped: map afresh
+                    del osd
+                    osd, mapped = self._open(rank), 0
                 parts[name][i] = self._flat(osd, state, self.places[name].group)[a:b].float().clone()
+                mapped += parts[name][i].numel() * 4
             del osd  # drops the mapping before the next file
         out = {}
-        for name, pieces in parts.items():
-            place = self.places[name]
+        for name in list(parts):
+            pieces, place = parts.pop(name), self.places[name]  # popped: a piece is freed once joined
             flat = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+            del pieces
             if flat.numel() < place.numel:
                 raise CheckpointError(f"{self.folder}: {name} needs {place.numel} values, its partitions hold "
                                       f"{flat.numel()}; the checkpoint does not match its param_shapes")
