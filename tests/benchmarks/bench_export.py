@@ -1,7 +1,7 @@
 """Export benchmark: peak memory of `graine run export` on a multi-GB ZeRO checkpoint, against
 DeepSpeed's whole-model consolidation.
 
-Run: .venv/bin/python tests/benchmarks/bench_export.py [--layers 6] [--hidden 2048] [--shard-gb 0.25] [--dir /tmp]
+Run: .venv/bin/python tests/benchmarks/bench_export.py [--layers 6] [--hidden 2048] [--shard-gb 0.1,0.25,0.5] [--dir /tmp]
 A real run (generated corpus -> clean -> tokenizer -> preprocess, then one pretrain step on 2 gloo ranks
 under ZeRO-1, fp32) saves a checkpoint of a model of `layers` x `hidden` (6 x 2048: 319M parameters,
 1.28 GB of fp32 master weights; ~5 GB on disk with the weights and both Adam moments). Each reader then
@@ -13,7 +13,8 @@ included) is read at its end:
     DeepSpeed whole   deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint, then
                       safetensors.torch.save_file of the whole state dict (what an export without
                       streaming does)
-    imports only      python with torch, deepspeed and graine's export imported: the floor under both
+    imports only      python with torch, deepspeed, transformers' BloomConfig and graine's export imported:
+                      the floor under both
 Each row prints the peak, the peak over the fp32 state and the time.
 """
 
@@ -66,6 +67,9 @@ print(json.dumps({"peak": peak_bytes(), "seconds": time.perf_counter() - t, "fil
     "imports only": PEAK + """
 import json
 import deepspeed.utils.zero_to_fp32, safetensors.torch, training.export
+from training.hf_compat import import_transformers
+import_transformers()
+from transformers import BloomConfig  # the export writes config.json with it
 print(json.dumps({"peak": peak_bytes(), "seconds": 0.0, "files": 0}))
 """,
 }
@@ -89,7 +93,7 @@ def make_checkpoint(root: Path, layers: int, hidden: int) -> tuple[Path, Path, i
     from checkpoints.zero_stream import ZeroCheckpoint
 
     reader = ZeroCheckpoint(folder)
-    return folder, run_dir / "tokenizer", sum(math.prod(reader.shape(n)) for n in reader.names())
+    return folder, run_dir / "tokenizer", sum(math.prod(reader.shape(n)) for n in reader.names)
 
 
 def run_reader(name: str, folder: Path, tokenizer: Path, out: Path, shard_gb: float) -> dict:
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--shard-gb", type=float, default=0.25, help="export.max_shard_gb of graine's export")
+    p.add_argument("--shard-gb", default="0.1,0.25,0.5", help="export.max_shard_gb of graine's export, comma-separated")
     p.add_argument("--dir", default=None, help="where the run is written (default: a temporary folder)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="graine-bench-export-") as tmp:
@@ -117,17 +121,19 @@ def main(argv: list[str] | None = None) -> int:
               f"(made in {time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
         fp32 = params * 4
         rows = []
-        for name in READERS:
-            got = run_reader(name, folder, tokenizer, root / f"out-{name.split()[0]}", args.shard_gb)
-            rows.append((name, got))
-            print(f"{name}: done", file=sys.stderr, flush=True)
+        runs = [("graine export", float(gb)) for gb in args.shard_gb.split(",")] + [("DeepSpeed whole", 0.0),
+                                                                                  ("imports only", 0.0)]
+        for name, shard_gb in runs:
+            got = run_reader(name, folder, tokenizer, root / f"out-{name.split()[0]}-{shard_gb}", shard_gb)
+            rows.append((f"{name} {shard_gb:g} GB" if shard_gb else name, got))
+            print(f"{rows[-1][0]}: done", file=sys.stderr, flush=True)
     print(f"{params / 1e6:.0f}M parameters, fp32 state {fp32 / 1e9:.2f} GB, checkpoint {on_disk / 1e9:.2f} GB "
-          f"(2 ranks, ZeRO-1); graine's shards of {args.shard_gb} GB")
-    head = f"{'reader':<16} {'peak RSS GB':>11} {'/ fp32 state':>12} {'seconds':>8} {'files':>6}"
+          "(2 ranks, ZeRO-1); graine's export in fp32 shards of the size named")
+    head = f"{'reader':<22} {'peak RSS GB':>11} {'/ fp32 state':>12} {'seconds':>8} {'files':>6}"
     print(head)
     print("-" * len(head))
     for name, got in rows:
-        print(f"{name:<16} {got['peak'] / 1e9:>11.2f} {got['peak'] / fp32:>12.2f} {got['seconds']:>8.1f} {got['files']:>6}")
+        print(f"{name:<22} {got['peak'] / 1e9:>11.2f} {got['peak'] / fp32:>12.2f} {got['seconds']:>8.1f} {got['files']:>6}")
     return 0
 
 
