@@ -327,10 +327,10 @@ def run_filter(ctx: TaskContext) -> None:
         def flush(batch: list[Document]) -> None:
             read = _bytes_in(stats)
             for doc, (record, lang, reason) in zip(batch, cleaner.batch(batch)):
-                report.count_doc(stats, lang, doc.text, record["text"], reason)
+                raw, size = len(doc.text.encode("utf-8")), len(record["text"].encode("utf-8"))  # once each
+                report.count_doc(stats, lang, raw, size, reason)
                 if SOURCE_FIELD in record:
-                    report.count_source(stats, record, doc.text, reason)
-                size = len(record["text"].encode("utf-8"))
+                    report.count_source(stats, record, raw, size, reason)
                 if reason:
                     excluded.write({**record, "reason": reason})
                     excluded_sizes.append(size)

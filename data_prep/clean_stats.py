@@ -29,27 +29,26 @@ def count_reject(stats: dict, reject: Reject) -> None:
     stats["rejected"][reject.reason] = stats["rejected"].get(reject.reason, 0) + 1
 
 
-def count_doc(stats: dict, lang: str, raw_text: str, text: str, reason: str) -> None:
-    entry = _lang(stats, lang)
+def _count(entry: dict, bytes_in: int, bytes_out: int, reason: str) -> None:
+    """One document into a language's or a source's counts: in, then dropped (by reason) or out."""
     entry["docs_in"] += 1
-    entry["bytes_in"] += len(raw_text.encode("utf-8"))
+    entry["bytes_in"] += bytes_in
     if reason:
         entry["dropped"][reason] = entry["dropped"].get(reason, 0) + 1
     else:
         entry["docs_out"] += 1
-        entry["bytes_out"] += len(text.encode("utf-8"))
+        entry["bytes_out"] += bytes_out
 
 
-def count_source(stats: dict, record: dict, raw_text: str, reason: str) -> None:
+def count_doc(stats: dict, lang: str, bytes_in: int, bytes_out: int, reason: str) -> None:
+    """A document (`bytes_in` of raw text, `bytes_out` cleaned, UTF-8) under its language."""
+    _count(_lang(stats, lang), bytes_in, bytes_out, reason)
+
+
+def count_source(stats: dict, record: dict, bytes_in: int, bytes_out: int, reason: str) -> None:
     """A document of a catalogue source, counted under its source (record[source_name])."""
     entry = source_entry(stats, record["source_name"])
-    entry["docs_in"] += 1
-    entry["bytes_in"] += len(raw_text.encode("utf-8"))
-    if reason:
-        entry["dropped"][reason] = entry["dropped"].get(reason, 0) + 1
-    else:
-        entry["docs_out"] += 1
-        entry["bytes_out"] += len(record["text"].encode("utf-8"))
+    _count(entry, bytes_in, bytes_out, reason)
     if "lid_top" in record:  # a declared language: how the model agreed
         top = entry.setdefault("lid_top", {})
         top[record["lid_top"]] = top.get(record["lid_top"], 0) + 1
