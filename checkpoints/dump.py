@@ -10,16 +10,15 @@
         manifest.json           size and sha256 of every file (checkpoints.manifest)
 
 Tensors are keyed by graine's parameter names (`h.0.mlp.dense_h_to_4h.weight`, ...) and have the
-parameter's full shape, whatever the ZeRO stage and number of ranks that saved them: each output shard
-is read from the memory-mapped partitions of every rank (checkpoints.zero_stream), so memory holds one
-shard, not the optimizer. Written as `dumps/.tmp-global_step<N>/`, then renamed.
+parameter's full shape, whatever the ZeRO stage and number of ranks that saved them: each file is written
+as its tensors are read, a batch at a time (safetensors_io.READ_BYTES), from the memory-mapped partitions
+of every rank (checkpoints.zero_stream), so memory holds one batch, not the optimizer nor a whole shard. Written as `dumps/.tmp-global_step<N>/`, then renamed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from pathlib import Path
 
@@ -82,12 +81,14 @@ def _optimizer(zero: ZeroCheckpoint) -> tuple[list[dict], float | None]:
 
 
 def _write_states(source: Path, out: Path, max_bytes: int) -> dict:
+    import torch
+
     zero = ZeroCheckpoint(source)
     groups = parameter_groups(source)
     names = zero.names
     files = {}
     for state in STATES:
-        files[state] = write_sharded(names, lambda n: 4 * math.prod(zero.shape(n)),
+        files[state] = write_sharded(names, lambda n: (zero.shape(n), torch.float32),
                                      lambda shard, s=state: zero.read(shard, s), out, state, max_bytes)
     hyper, adam_step = _optimizer(zero)
     param_groups = [{**h, "params": list(group)} for h, group in zip(hyper, groups)]

@@ -2,10 +2,10 @@
 
 DeepSpeed's own readers (zero_to_fp32, ds_to_universal) load every rank's optimizer file whole: 12 bytes
 per parameter in memory at once for a checkpoint of one rank, which at 176B parameters is 2 TB. Here
-the files are memory-mapped (`torch.load(mmap=True)`) for one batch of parameters (one output shard of
-the export or the dump), only those parameters' bytes are read and copied out, and the mappings are
-dropped before the next batch (and every REMAP_BYTES within one): memory holds one batch, plus at most
-REMAP_BYTES (or one parameter's slice, if larger) of mapped pages.
+the files are memory-mapped (`torch.load(mmap=True)`) for one batch of parameters (one read batch of
+the export or the dump), only those parameters' bytes are copied out, straight into the parameters'
+full tensors, and each file is mapped afresh every REMAP_BYTES copied: memory holds one batch plus at
+most REMAP_BYTES of mapped pages.
 
 Layouts (per optimizer group, parameters in the order of `param_shapes` in the model states files):
 - ZeRO 1 and 2, and the bf16 optimizer: the group's parameters are flattened end to end (padded at the
@@ -104,11 +104,13 @@ class ZeroCheckpoint:
             if flats is None:
                 raise CheckpointError(f"{self.folder}: no fp32 partitions in the optimizer files "
                                       "(neither single_partition_of_fp32_groups nor fp32_flat_groups)")
-            return flats[group]
+            # Saved as Parameters (requires_grad): detached, or the copy made from a slice would hold the
+            # autograd graph back to the whole memory-mapped partition, and so keep every page it read.
+            return flats[group].detach()
         base = osd.get("base_optimizer_state", osd.get("optimizer_state_dict"))
         per_group = base["state"] if isinstance(base, dict) and "state" in base else base
         try:
-            return per_group[group][state]
+            return per_group[group][state].detach()
         except (KeyError, IndexError, TypeError):
             raise CheckpointError(f"{self.folder}: optimizer group {group} has no {state} (was the optimizer "
                                   "stepped before the save?)") from None
@@ -125,28 +127,33 @@ class ZeroCheckpoint:
     def read(self, names: list[str], state: str = "fp32") -> dict[str, torch.Tensor]:
         if state not in STATES:
             raise ValueError(f"state {state!r}; valid: {STATES}")
-        wanted = {n: self._pieces(self.places[n]) for n in names}
-        by_rank: dict[int, list[tuple[str, int, int, int]]] = {}
-        for name, pieces in wanted.items():
-            for i, (r, a, b) in enumerate(pieces):
-                by_rank.setdefault(r, []).append((name, i, a, b))
-        parts: dict[str, list] = {n: [None] * len(p) for n, p in wanted.items()}
+        flat_out = {n: torch.empty(self.places[n].numel, dtype=torch.float32) for n in names}
+        by_rank: dict[int, list[tuple[str, int, int, int]]] = {}  # rank: (name, offset in it, start, stop)
+        for name in names:
+            place, filled = self.places[name], 0
+            for r, a, b in self._pieces(place):
+                take = min(b - a, place.numel - filled)  # ZeRO-3 pads the last rank's partition
+                if take > 0:
+                    by_rank.setdefault(r, []).append((name, filled, a, a + take))
+                    filled += take
+            if filled < place.numel:
+                raise CheckpointError(f"{self.folder}: {name} needs {place.numel} values, its partitions hold "
+                                      f"{filled}; the checkpoint does not match its param_shapes")
+        chunk = max(REMAP_BYTES // 4, 1)
         for rank in sorted(by_rank):
             osd, mapped = self._open(rank), 0  # mapped, not read: only the slices below are
-            for name, i, a, b in by_rank[rank]:
-                if mapped > REMAP_BYTES:  # the pages read so far stay resident while mapped: map afresh
-                    del osd
-                    osd, mapped = self._open(rank), 0
-                parts[name][i] = self._flat(osd, state, self.places[name].group)[a:b].float().clone()
-                mapped += parts[name][i].numel() * 4
+            for name, at, a, b in by_rank[rank]:
+                while a < b:
+                    if mapped >= REMAP_BYTES:  # the pages read so far stay resident while mapped: map afresh
+                        del osd
+                        osd, mapped = self._open(rank), 0
+                    n = min(b - a, chunk)
+                    src = self._flat(osd, state, self.places[name].group)[a:a + n]
+                    if src.numel() < n:
+                        raise CheckpointError(f"{self.files[rank]} ends before {name}'s values (elements {a}.."
+                                              f"{a + n} of its partition); the file is truncated")
+                    flat_out[name][at:at + n].copy_(src)
+                    del src
+                    a, at, mapped = a + n, at + n, mapped + n * 4
             del osd  # drops the mapping before the next file
-        out = {}
-        for name in list(parts):
-            pieces, place = parts.pop(name), self.places[name]  # popped: a piece is freed once joined
-            flat = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-            del pieces
-            if flat.numel() < place.numel:
-                raise CheckpointError(f"{self.folder}: {name} needs {place.numel} values, its partitions hold "
-                                      f"{flat.numel()}; the checkpoint does not match its param_shapes")
-            out[name] = flat[:place.numel].reshape(place.shape)
-        return out
+        return {n: flat_out.pop(n).reshape(self.places[n].shape) for n in names}

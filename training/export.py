@@ -128,8 +128,9 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
                       progress: Callable[..., Progress] | None = None) -> dict:
     """Write the Hugging Face release of the checkpoint `folder` into `out` (replaced); returns its record.
 
-    ZeRO 1-3 checkpoints are read shard by shard from their fp32 partitions (checkpoints.zero_stream):
-    memory holds one output shard, not the model. `progress` (TaskContext.progress) makes the Progress
+    ZeRO 1-3 checkpoints are read from their fp32 partitions (checkpoints.zero_stream) a read batch at a
+    time (safetensors_io.READ_BYTES, or one tensor if larger) while each file is written: memory holds
+    one batch, not the model nor a whole shard. `progress` (TaskContext.progress) makes the Progress
     of the tensors written."""
     import torch
 
@@ -146,7 +147,6 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
                               f"vocabulary to {config.vocab_size}; the saved config.yaml does not match the weights")
     config.dtype = DTYPE_NAMES[export.dtype]
     dtype = getattr(torch, DTYPE_NAMES[export.dtype])
-    itemsize = torch.empty(0, dtype=dtype).element_size()
     numel = {n: math.prod(s) for n, s in shapes.items()}
     # lm_head.weight is not written: it is tied to the embeddings (tie_word_embeddings), transformers restores it.
 
@@ -159,7 +159,7 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
     out.mkdir(parents=True)
     config.save_pretrained(str(out))
     tracker = progress(total=len(shapes), unit="tensors", what=f"export {folder.name}") if progress else None
-    files = write_sharded(list(shapes), lambda n: numel[n] * itemsize, load, out, "model",
+    files = write_sharded(list(shapes), lambda n: (shapes[n], dtype), load, out, "model",
                           int(export.max_shard_gb * 1e9), written=tracker.update if tracker else None)
     if tracker is not None:
         tracker.close()
@@ -172,7 +172,7 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
               # that trained the same model release byte-identical folders.
               "source": f"{folder.parent.name}/{folder.name}", "source_weights_sha256": weights_sha256(folder),
               "saved_world_size": state.world_size, "dtype": export.dtype, "weights": files,
-              "parameters": sum(numel.values()), "bytes": sum(numel.values()) * itemsize}
+              "parameters": sum(numel.values()), "bytes": sum(numel.values()) * dtype.itemsize}
     (out / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
     return record
 

@@ -1,15 +1,17 @@
 """Export benchmark: peak memory of `graine run export` on a multi-GB ZeRO checkpoint, against
 DeepSpeed's whole-model consolidation.
 
-Run: .venv/bin/python tests/benchmarks/bench_export.py [--layers 6] [--hidden 2048] [--shard-gb 0.1,0.25,0.5] [--dir /tmp]
+Run: .venv/bin/python tests/benchmarks/bench_export.py [--layers 6] [--hidden 2048] [--shard-gb 0.25,2] [--dir /tmp]
 A real run (generated corpus -> clean -> tokenizer -> preprocess, then one pretrain step on 2 gloo ranks
 under ZeRO-1, fp32) saves a checkpoint of a model of `layers` x `hidden` (6 x 2048: 319M parameters,
 1.28 GB of fp32 master weights; ~5 GB on disk with the weights and both Adam moments). Each reader then
 runs in a fresh process, and its peak resident memory (VmHWM, file-backed pages of its memory maps
 included) is read at its end:
     graine export     training.export.export_checkpoint: the fp32 masters read from the memory-mapped
-                      partitions of both ranks one output shard (--shard-gb) at a time, written as fp32
-                      safetensors
+                      partitions of both ranks a read batch (128 MB) at a time as each fp32 safetensors
+                      file (of at most --shard-gb) is written
+    graine dump       `graine checkpoint dump`'s writer: fp32 masters and both Adam moments (3x the
+                      export's bytes), read the same way, in 2 GB files
     DeepSpeed whole   deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint, then
                       safetensors.torch.save_file of the whole state dict (what an export without
                       streaming does)
@@ -51,6 +53,17 @@ folder, tokenizer, out, shard_gb = sys.argv[1:5]
 t = time.perf_counter()
 record = export_checkpoint(Path(folder), Path(tokenizer), Path(out), ExportConfig(max_shard_gb=float(shard_gb)))
 print(json.dumps({"peak": peak_bytes(), "seconds": time.perf_counter() - t, "files": len(record["weights"])}))
+""",
+    "graine dump": PEAK + """
+import json, sys, time
+from pathlib import Path
+from checkpoints.dump import _write_states
+folder, tokenizer, out, shard_gb = sys.argv[1:5]
+Path(out).mkdir(parents=True)
+t = time.perf_counter()
+info = _write_states(Path(folder), Path(out), int(float(shard_gb) * 1e9))
+print(json.dumps({"peak": peak_bytes(), "seconds": time.perf_counter() - t,
+                  "files": sum(len(f) for f in info["files"].values())}))
 """,
     "DeepSpeed whole": PEAK + """
 import json, sys, time
@@ -109,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--shard-gb", default="0.1,0.25,0.5", help="export.max_shard_gb of graine's export, comma-separated")
+    p.add_argument("--shard-gb", default="0.25,2", help="export.max_shard_gb of graine's export, comma-separated")
     p.add_argument("--dir", default=None, help="where the run is written (default: a temporary folder)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="graine-bench-export-") as tmp:
@@ -121,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
               f"(made in {time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
         fp32 = params * 4
         rows = []
-        runs = [("graine export", float(gb)) for gb in args.shard_gb.split(",")] + [("DeepSpeed whole", 0.0),
-                                                                                  ("imports only", 0.0)]
+        runs = [("graine export", float(gb)) for gb in args.shard_gb.split(",")] + [
+            ("graine dump", 2.0), ("DeepSpeed whole", 0.0), ("imports only", 0.0)]
         for name, shard_gb in runs:
-            got = run_reader(name, folder, tokenizer, root / f"out-{name.split()[0]}-{shard_gb}", shard_gb)
-            rows.append((f"{name} {shard_gb:g} GB" if shard_gb else name, got))
+            got = run_reader(name, folder, tokenizer, root / f"out-{name.replace(' ', '-')}-{shard_gb}", shard_gb)
+            rows.append((f"{name} {shard_gb:g} GB" if name == "graine export" else name, got))
             print(f"{rows[-1][0]}: done", file=sys.stderr, flush=True)
     print(f"{params / 1e6:.0f}M parameters, fp32 state {fp32 / 1e9:.2f} GB, checkpoint {on_disk / 1e9:.2f} GB "
           "(2 ranks, ZeRO-1); graine's export in fp32 shards of the size named")

@@ -229,3 +229,20 @@ def test_a_sharded_export_streams_the_zero2_partitions_of_two_ranks(run, monkeyp
     assert zero.world == 2 and any(len(zero._pieces(zero.places[n])) == 2 for n in zero.names)  # across ranks
     exported = {k: v for f in files for k, v in load_file(str(out / f)).items()}
     assert_equals_zero_to_fp32(exported, run[0] / "checkpoints" / "global_step12")
+
+
+def test_weights_read_from_the_partitions_hold_no_mapping_of_the_checkpoint(run):
+    """The fp32 partitions are saved as Parameters (requires_grad): a copy of a slice of one would carry
+    the autograd graph back to the whole memory-mapped partition, and every page read from it would stay
+    resident as long as the copy lives (the export held each shard twice). The tensors `read` returns
+    are plain, and no rank file is mapped once it returns."""
+    from checkpoints.zero_stream import ZeroCheckpoint
+
+    folder = run[0] / "checkpoints" / "global_step12"
+    zero = ZeroCheckpoint(folder)
+    for state in ("fp32", "exp_avg"):
+        got = zero.read(zero.names, state)
+        assert all(not t.requires_grad and t.grad_fn is None for t in got.values()), state
+        mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if str(folder) in line]
+        assert mapped == [], mapped
+        del got

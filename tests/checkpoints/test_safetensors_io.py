@@ -1,5 +1,6 @@
 """graine's safetensors writer (checkpoints/safetensors_io.py) against safetensors' own loader: every dtype
-graine writes, 0-d, empty and non-contiguous tensors, metadata, and Hugging Face-style sharding."""
+graine writes, 0-d, empty and non-contiguous tensors, metadata, Hugging Face-style sharding, and files
+written as their tensors are read, one batch at a time."""
 
 from __future__ import annotations
 
@@ -48,10 +49,50 @@ def test_shards_and_index_follow_hugging_face(tmp_path):
         loaded.append(names)
         return {n: want[n] for n in names}
 
-    files = write_sharded(list(want), lambda n: want[n].numel() * 4, load, tmp_path, "model", max_bytes=2048)
+    files = write_sharded(list(want), lambda n: ((256,), torch.float32), load, tmp_path, "model", max_bytes=2048)
     assert files == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)] + ["model.safetensors.index.json"]
     assert loaded == [["layer0", "layer1"], ["layer2", "layer3"], ["layer4"]]  # one shard in memory at a time
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert index["metadata"]["total_size"] == 5 * 1024
     for name, file in index["weight_map"].items():
         assert torch.equal(load_file(str(tmp_path / file))[name], want[name])
+
+
+def test_a_file_is_written_as_its_tensors_are_read_one_batch_at_a_time(tmp_path):
+    """One 8 KB file asked for in batches of at most 2 KB (or one tensor, if larger); the batch read before
+    is already freed (only a weak reference is kept) when the next one is asked for."""
+    import weakref
+
+    sizes = {"a": 100, "b": 300, "c": 1024, "d": 200, "e": 200, "f": 225}  # fp32 elements
+    want = {n: torch.arange(k, dtype=torch.float32) + i for i, (n, k) in enumerate(sizes.items())}
+    loaded, alive = [], []
+
+    def load(names):
+        assert not any(ref() is not None for ref in alive), "the previous batch is still in memory"
+        loaded.append(names)
+        batch = {n: want[n].clone() for n in names}
+        alive.extend(weakref.ref(t) for t in batch.values())
+        return batch
+
+    files = write_sharded(list(sizes), lambda n: ((sizes[n],), torch.float32), load, tmp_path, "model",
+                          max_bytes=1 << 20, read_bytes=2048)
+    assert files == ["model.safetensors"]
+    assert loaded == [["a", "b"], ["c"], ["d", "e"], ["f"]]  # 1.6 KB, 4 KB alone, 1.6 KB, 0.9 KB
+    got = load_file(str(tmp_path / "model.safetensors"))
+    assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
+
+
+@pytest.mark.parametrize("given,message", [
+    (lambda n: torch.zeros(3), "expected a \\[2\\] torch.float32, was given a \\[3\\]"),
+    (lambda n: torch.zeros(2, dtype=torch.float16), "was given a \\[2\\] torch.float16"),
+])
+def test_a_tensor_that_does_not_match_its_spec_is_refused(tmp_path, given, message):
+    with pytest.raises(ValueError, match=message):
+        write_sharded(["a"], lambda n: ((2,), torch.float32), lambda names: {n: given(n) for n in names},
+                      tmp_path, "model", max_bytes=1 << 20)
+
+
+def test_a_tensor_missing_from_its_batch_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no tensor given for b"):
+        write_sharded(["a", "b"], lambda n: ((2,), torch.float32), lambda names: {"a": torch.zeros(2)},
+                      tmp_path, "model", max_bytes=1 << 20)
