@@ -183,6 +183,10 @@ class _WholeModule:
     def __init__(self, folder: Path):
         self.weights = strip_wrappers(consolidated_fp32(folder))
 
+    @property
+    def names(self) -> list[str]:
+        return list(self.weights)
+
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.weights[name].shape)
 

@@ -251,11 +251,15 @@ def _hf_loaders(folder: Path, model: ModelConfig) -> dict[str, Callable[[], torc
 
 
 def _graine_loaders(folder: Path) -> dict[str, Callable[[], torch.Tensor]]:
-    from training.export import consolidated_fp32
+    """A loader per parameter (graine name) of the checkpoint's fp32 weights: under ZeRO 1-3 each reads its
+    own slices of the memory-mapped partitions when called (checkpoints.zero_stream), so a rank holds one
+    parameter at a time, not the consolidated model."""
+    from training.export import fp32_weights
     from training.hf_mapping import strip_wrappers
 
-    weights = strip_wrappers(consolidated_fp32(folder))
-    return {name: (lambda t=t: t) for name, t in weights.items()}
+    weights = fp32_weights(folder)
+    saved_as = strip_wrappers({name: name for name in weights.names})
+    return {name: (lambda raw=raw: weights.read([raw])[raw]) for name, raw in saved_as.items()}
 
 
 def fit_rows(name: str, value: torch.Tensor, rows: int, vocab: int) -> torch.Tensor:
