@@ -322,18 +322,20 @@ def require_safe(*folders: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- load
-def load(path: Path, mmap: bool = False):
+def load(path: Path, mmap: bool = False, meta: bool = False):
     """`torch.load` of one checkpoint file on the CPU with weights_only=True and the allow-list above
-    (numpy's for RNG files), or as it is if the user trusts it. A refusal names the file and global."""
+    (numpy's for RNG files), or as it is if the user trusts it. A refusal names the file and global.
+    `meta`: tensors on the meta device, nothing of their data read (only the pickle)."""
     import torch
 
     path = Path(path)
+    location = "meta" if meta else "cpu"
     if is_trusted(path):
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        return torch.load(path, map_location=location, weights_only=False, mmap=mmap)
     legacy_rng = _is_legacy_rng(path)
     with torch.serialization.safe_globals(safe_globals(legacy_rng)):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            return torch.load(path, map_location=location, weights_only=True, mmap=mmap)
         except OSError:
             raise
         except Exception as exc:

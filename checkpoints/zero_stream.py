@@ -2,10 +2,11 @@
 
 DeepSpeed's own readers (zero_to_fp32, ds_to_universal) load every rank's optimizer file whole: 12 bytes
 per parameter in memory at once for a checkpoint of one rank, which at 176B parameters is 2 TB. Here
-the files are memory-mapped (`torch.load(mmap=True)`) for one batch of parameters (one read batch of
-the export or the dump), only those parameters' bytes are copied out, straight into the parameters'
-full tensors, and each file is mapped afresh every REMAP_BYTES copied: memory holds one batch plus at
-most REMAP_BYTES of mapped pages.
+each file's pickle is read once for where its flat tensors lie in the file (`torch.load` on the meta
+device: no data read), and a batch of parameters (one read batch of the export or the dump) is read with
+`pread` from those offsets straight into the parameters' full tensors: memory holds the batch, nothing is
+mapped, and a file is not unpickled again however many batches touch it (ZeRO-3 touches every rank's file
+for every parameter).
 
 Layouts (per optimizer group, parameters in the order of `param_shapes` in the model states files):
 - ZeRO 1 and 2, and the bf16 optimizer: the group's parameters are flattened end to end (padded at the
@@ -20,6 +21,7 @@ Checked bit for bit against DeepSpeed's zero_to_fp32 and against the live optimi
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,7 @@ def parameter_groups(folder: Path) -> list[dict[str, tuple[int, ...]]]:
     """Per optimizer group, {name: shape} in the optimizer's order (DeepSpeed's `param_shapes`)."""
     groups: list[dict[str, tuple[int, ...]]] = []
     for path in sorted(folder.glob("*model_states.pt")):
-        saved = safe_load.load(path, mmap=True).get("param_shapes") or []
+        saved = safe_load.load(path, meta=True).get("param_shapes") or []
         for i, shapes in enumerate(saved):
             if i == len(groups):
                 groups.append({})
@@ -55,9 +57,85 @@ class _Place:
     offset: int  # ZeRO 1/2: in the group's flat buffer; ZeRO-3: in each rank's flat partition of the group
 
 
-# A file is mapped afresh after this many bytes are copied out of it: the pages already read are counted
-# in the process's resident memory as long as the mapping lives (re-mapping costs a few ms).
-REMAP_BYTES = 64 << 20
+@dataclass(frozen=True)
+class _Stored:
+    """Where a flat fp32 tensor of a rank file lies: its first element's byte offset in the file."""
+    offset: int
+    numel: int
+
+
+def _flat(osd: dict, state: str, group: int, folder: Path) -> torch.Tensor:
+    if state == "fp32":
+        flats = osd.get("single_partition_of_fp32_groups") or osd.get("fp32_flat_groups")
+        if flats is None:
+            raise CheckpointError(f"{folder}: no fp32 partitions in the optimizer files "
+                                  "(neither single_partition_of_fp32_groups nor fp32_flat_groups)")
+        return flats[group]
+    base = osd.get("base_optimizer_state", osd.get("optimizer_state_dict"))
+    per_group = base["state"] if isinstance(base, dict) and "state" in base else base
+    try:
+        return per_group[group][state]
+    except (KeyError, IndexError, TypeError):
+        raise CheckpointError(f"{folder}: optimizer group {group} has no {state} (was the optimizer "
+                              "stepped before the save?)") from None
+
+
+def _meta_offset(t: torch.Tensor) -> int | None:
+    """The file offset torch records on storages loaded on the meta device (torch >= 2.6), or None."""
+    offset = getattr(t.untyped_storage(), "_checkpoint_offset", None)
+    return None if offset is None else offset + t.storage_offset() * t.element_size()
+
+
+def _mapped_offset(t: torch.Tensor, path: Path) -> int:
+    """The file offset of a tensor of `path` loaded with mmap=True (older torch): its address less the
+    start of the file's mapping (/proc/self/maps)."""
+    address = t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size()
+    real = str(path.resolve())
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == real:
+            start, stop = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < stop:
+                return address - start + int(fields[2], 16)
+    raise CheckpointError(f"{path}: cannot locate its tensors in the file (no mapping of it holds them)")
+
+
+def locate(path: Path, folder: Path, groups: int) -> dict[tuple[str, int], _Stored | str]:
+    """{(state, group): where its flat tensor lies in the rank file `path`, or why it is not there}."""
+    meta = safe_load.load(path, meta=True)["optimizer_state_dict"]
+    found: dict[tuple[str, int], _Stored | str] = {}
+    mapped = None
+    for state in STATES:
+        for g in range(groups):
+            try:
+                t = _flat(meta, state, g, folder)
+            except CheckpointError as exc:
+                if state == "fp32":
+                    raise
+                found[state, g] = str(exc)
+                continue
+            if not t.is_contiguous() or t.dtype != torch.float32:
+                raise CheckpointError(f"{path}: the {state} partition of group {g} is stored as {t.dtype}"
+                                      f"{'' if t.is_contiguous() else ', not contiguously'}; DeepSpeed keeps "
+                                      "contiguous fp32 partitions: is this a DeepSpeed ZeRO checkpoint?")
+            offset = _meta_offset(t)
+            if offset is None:  # torch < 2.6 records no offsets: map the file (nothing read) to find them
+                mapped = mapped or safe_load.load(path, mmap=True)["optimizer_state_dict"]
+                offset = _mapped_offset(_flat(mapped, state, g, folder), path)
+            found[state, g] = _Stored(offset, t.numel())
+    return found
+
+
+def _pread_into(fd: int, offset: int, dest: torch.Tensor, path: Path) -> None:
+    """Fill the contiguous tensor `dest` with the file's bytes from `offset`."""
+    view = memoryview(dest.numpy()).cast("B")
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise CheckpointError(f"{path} ends at byte {offset + done}, before the values read from it; the file is "
+                                  "truncated")
+        done += got
 
 
 class ZeroCheckpoint:
@@ -75,8 +153,7 @@ class ZeroCheckpoint:
                                   "the checkpoint is incomplete")
         self.files = [ranks[r] for r in range(len(files))]
         self.world = len(self.files)
-        first = self._open(0)
-        self.stage = int(first["zero_stage"])
+        self.stage = int(safe_load.load(self.files[0], meta=True)["optimizer_state_dict"]["zero_stage"])
         groups = parameter_groups(self.folder)
         self.places: dict[str, _Place] = {}
         for g, shapes in enumerate(groups):
@@ -85,8 +162,8 @@ class ZeroCheckpoint:
                 numel = math.prod(shape)
                 self.places[name] = _Place(g, shape, numel, offset)
                 offset += numel if self.stage < 3 else math.ceil(numel / self.world)
-        self.partition = [len(self._flat(first, "fp32", g)) for g in range(len(groups))]
-        del first
+        self.stored = [locate(f, self.folder, len(groups)) for f in self.files]
+        self.partition = [self.stored[0]["fp32", g].numel for g in range(len(groups))]
 
     @property
     def names(self) -> list[str]:
@@ -94,26 +171,6 @@ class ZeroCheckpoint:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.places[name].shape
-
-    def _open(self, rank: int) -> dict:
-        return safe_load.load(self.files[rank], mmap=True)["optimizer_state_dict"]
-
-    def _flat(self, osd: dict, state: str, group: int) -> torch.Tensor:
-        if state == "fp32":
-            flats = osd.get("single_partition_of_fp32_groups") or osd.get("fp32_flat_groups")
-            if flats is None:
-                raise CheckpointError(f"{self.folder}: no fp32 partitions in the optimizer files "
-                                      "(neither single_partition_of_fp32_groups nor fp32_flat_groups)")
-            # Saved as Parameters (requires_grad): detached, or the copy made from a slice would hold the
-            # autograd graph back to the whole memory-mapped partition, and so keep every page it read.
-            return flats[group].detach()
-        base = osd.get("base_optimizer_state", osd.get("optimizer_state_dict"))
-        per_group = base["state"] if isinstance(base, dict) and "state" in base else base
-        try:
-            return per_group[group][state].detach()
-        except (KeyError, IndexError, TypeError):
-            raise CheckpointError(f"{self.folder}: optimizer group {group} has no {state} (was the optimizer "
-                                  "stepped before the save?)") from None
 
     def _pieces(self, place: _Place) -> list[tuple[int, int, int]]:
         """(rank, start, stop) slices of rank files whose concatenation is the parameter (then cut to numel)."""
@@ -139,21 +196,19 @@ class ZeroCheckpoint:
             if filled < place.numel:
                 raise CheckpointError(f"{self.folder}: {name} needs {place.numel} values, its partitions hold "
                                       f"{filled}; the checkpoint does not match its param_shapes")
-        chunk = max(REMAP_BYTES // 4, 1)
         for rank in sorted(by_rank):
-            osd, mapped = self._open(rank), 0  # mapped, not read: only the slices below are
-            for name, at, a, b in by_rank[rank]:
-                while a < b:
-                    if mapped >= REMAP_BYTES:  # the pages read so far stay resident while mapped: map afresh
-                        del osd
-                        osd, mapped = self._open(rank), 0
-                    n = min(b - a, chunk)
-                    src = self._flat(osd, state, self.places[name].group)[a:a + n]
-                    if src.numel() < n:
-                        raise CheckpointError(f"{self.files[rank]} ends before {name}'s values (elements {a}.."
-                                              f"{a + n} of its partition); the file is truncated")
-                    flat_out[name][at:at + n].copy_(src)
-                    del src
-                    a, at, mapped = a + n, at + n, mapped + n * 4
-            del osd  # drops the mapping before the next file
+            path = self.files[rank]
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for name, at, a, b in by_rank[rank]:
+                    stored = self.stored[rank][state, self.places[name].group]
+                    if isinstance(stored, str):
+                        raise CheckpointError(stored)
+                    if b > stored.numel:
+                        raise CheckpointError(f"{path}: {name} needs elements {a}..{b} of its {state} partition, "
+                                              f"which holds {stored.numel}; the checkpoint does not match its "
+                                              "param_shapes")
+                    _pread_into(fd, stored.offset + a * 4, flat_out[name][at:at + b - a], path)
+            finally:
+                os.close(fd)
         return {n: flat_out.pop(n).reshape(self.places[n].shape) for n in names}

@@ -209,14 +209,10 @@ def assert_equals_zero_to_fp32(exported: dict, folder: Path) -> None:
         assert torch.equal(value, theirs[name].float()), name
 
 
-def test_a_sharded_export_streams_the_zero2_partitions_of_two_ranks(run, monkeypatch):
-    """Shards of 20 KB (many), each read from both ranks' partitions, every file mapped afresh after 4 KB
-    copied out of it: the same tensors as zero_to_fp32."""
+def test_a_sharded_export_streams_the_zero2_partitions_of_two_ranks(run):
+    """Shards of 20 KB (many), each read from both ranks' partitions: the same tensors as zero_to_fp32."""
     from safetensors.torch import load_file
 
-    from checkpoints import zero_stream
-
-    monkeypatch.setattr(zero_stream, "REMAP_BYTES", 4096)
     cfg = cfg_of(run, "export.max_shard_gb=0.00002")
     runner.run(cfg, ["export"], executor="inline", force=True)
     out = run[0] / "export" / "global_step12"
@@ -232,10 +228,10 @@ def test_a_sharded_export_streams_the_zero2_partitions_of_two_ranks(run, monkeyp
 
 
 def test_weights_read_from_the_partitions_hold_no_mapping_of_the_checkpoint(run):
-    """The fp32 partitions are saved as Parameters (requires_grad): a copy of a slice of one would carry
-    the autograd graph back to the whole memory-mapped partition, and every page read from it would stay
-    resident as long as the copy lives (the export held each shard twice). The tensors `read` returns
-    are plain, and no rank file is mapped once it returns."""
+    """The fp32 partitions are saved as Parameters (requires_grad): a copy of a slice of a loaded one
+    carries the autograd graph back to the whole (memory-mapped) partition, which the export once held
+    twice over that way. The reader reads the bytes at the partitions' file offsets instead: the tensors
+    it returns are plain, and no rank file is mapped while they live."""
     from checkpoints.zero_stream import ZeroCheckpoint
 
     folder = run[0] / "checkpoints" / "global_step12"
@@ -246,3 +242,18 @@ def test_weights_read_from_the_partitions_hold_no_mapping_of_the_checkpoint(run)
         mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if str(folder) in line]
         assert mapped == [], mapped
         del got
+
+
+def test_without_offsets_from_torch_the_partitions_are_found_in_their_mapping(run, monkeypatch):
+    """torch < 2.6 records no file offsets on meta tensors: they are then read from the file's memory
+    mapping, and must be the same."""
+    from checkpoints import zero_stream
+
+    folder = run[0] / "checkpoints" / "global_step12"
+    zero = zero_stream.ZeroCheckpoint(folder)
+    monkeypatch.setattr(zero_stream, "_meta_offset", lambda t: None)
+    again = zero_stream.ZeroCheckpoint(folder)
+    assert again.stored == zero.stored and len(zero.stored) == 2
+    assert {s for rank in zero.stored for s in rank.values() if not isinstance(s, str)}  # located, not absent
+    want, got = zero.read(zero.names, "exp_avg_sq"), again.read(again.names, "exp_avg_sq")
+    assert all(torch.equal(want[n], got[n]) for n in zero.names)
