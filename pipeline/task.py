@@ -22,7 +22,7 @@ from pathlib import Path
 from core import lineage
 from core.fs import fsync_dir, write_atomic
 from core.lineage import check_inputs
-from core.signals import catch_stop_signals
+from core.signals import catch_stop_signals, release_stop_signals
 from core.stage import Stage, TaskContext
 from pipeline import registry
 from pipeline.config import RunConfig, build
@@ -187,8 +187,7 @@ class TaskRunner:
         try:
             result = self._step().run(ctx) or "done"
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            release_stop_signals(previous)
             if not os.environ.get("SUBMITIT_EXECUTOR"):
                 for key, value in saved_env.items():
                     if value is None:
