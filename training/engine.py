@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,6 +30,33 @@ def ensure_cpu_accelerator() -> None:
     """DeepSpeed picks its accelerator at import time; without a GPU it must be told `cpu`."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+STALE_BUILD_LOCK_MIN = 30.0  # a JIT op build takes minutes; a lock this old outlived the build that took it
+
+
+def clear_stale_build_locks(max_age_min: float = STALE_BUILD_LOCK_MIN) -> list[Path]:
+    """Remove the lock files of torch's JIT extension builds (DeepSpeed's ops: cpu_adam, the CPU
+    shared-memory comm op) older than `max_age_min`: a build killed at the walltime or with its node
+    leaves `<TORCH_EXTENSIONS_DIR>/<py_cu>/<op>/lock` behind, and every later job waits on it forever
+    ("Waiting for lock"). Returns the locks removed (each logged)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    removed = []
+    now = time.time()
+    for lock in root.glob("*/*/lock"):
+        try:
+            age_min = (now - lock.stat().st_mtime) / 60
+            if age_min <= max_age_min:
+                continue
+            lock.unlink()
+        except FileNotFoundError:  # another rank removed it, or the build ended
+            continue
+        log.warning("removed %s, a JIT build lock %.0f min old (its build was killed); the op is rebuilt if "
+                    "needed", lock, age_min)
+        removed.append(lock)
+    return removed
 
 
 def build_optimizer(model: BloomModel, t: TrainConfig) -> torch.optim.Optimizer:
@@ -126,6 +155,7 @@ def zero_init_config(t: TrainConfig) -> dict:
 def build_engine(model: BloomModel, t: TrainConfig, world_size: int, global_batch_size: int):
     """(engine, optimizer): the model wrapped by `deepspeed.initialize`, and the client optimizer."""
     ensure_cpu_accelerator()
+    clear_stale_build_locks()
     import deepspeed
 
     if t.activation_checkpointing:
