@@ -11,8 +11,9 @@
 
 Tensors are keyed by graine's parameter names (`h.0.mlp.dense_h_to_4h.weight`, ...) and have the
 parameter's full shape, whatever the ZeRO stage and number of ranks that saved them: each file is written
-as its tensors are read, a batch at a time (safetensors_io.READ_BYTES), from the memory-mapped partitions
-of every rank (checkpoints.zero_stream), so memory holds one batch, not the optimizer nor a whole shard. Written as `dumps/.tmp-global_step<N>/`, then renamed.
+as its tensors are read, a batch at a time (safetensors_io.READ_BYTES), from the partitions of every rank
+(checkpoints.zero_stream), so memory holds one batch, not the optimizer nor a whole shard. Written as
+`dumps/.tmp-global_step<N>/`, then renamed.
 """
 
 from __future__ import annotations

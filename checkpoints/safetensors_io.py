@@ -2,8 +2,7 @@
 `graine checkpoint dump` (optimizer states).
 
 The files are written here, tensor by tensor, rather than by `safetensors.torch.save_file`, which first
-copies every tensor of the file into Python bytes: with the shard's tensors (and the memory-mapped
-checkpoint pages they were read from) that held the shard in memory two or three times over. Since a
+copies every tensor of the file into Python bytes, so that the file's data would be in memory twice. Since a
 file's header needs only the names, dtypes and shapes, `write_sharded` writes it first and then asks for
 the tensors a read batch (READ_BYTES, or one tensor if larger) at a time: memory holds one batch, whatever
 the shard size. The format is the documented one (an 8-byte little-endian header length, a JSON header of

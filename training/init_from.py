@@ -252,7 +252,7 @@ def _hf_loaders(folder: Path, model: ModelConfig) -> dict[str, Callable[[], torc
 
 def _graine_loaders(folder: Path) -> dict[str, Callable[[], torch.Tensor]]:
     """A loader per parameter (graine name) of the checkpoint's fp32 weights: under ZeRO 1-3 each reads its
-    own slices of the memory-mapped partitions when called (checkpoints.zero_stream), so a rank holds one
+    own slices of the rank files' partitions when called (checkpoints.zero_stream), so a rank holds one
     parameter at a time, not the consolidated model."""
     from training.export import fp32_weights
     from training.hf_mapping import strip_wrappers
