@@ -90,7 +90,8 @@ def _write_states(source: Path, out: Path, max_bytes: int) -> dict:
     files = {}
     for state in STATES:
         files[state] = write_sharded(names, lambda n: (zero.shape(n), torch.float32),
-                                     lambda shard, s=state: zero.read(shard, s), out, state, max_bytes)
+                                     lambda shard, s=state: zero.read(shard, s), out, state, max_bytes,
+                                     load_range=lambda n, a, b, s=state: zero.read_range(n, a, b, s))
     hyper, adam_step = _optimizer(zero)
     param_groups = [{**h, "params": list(group)} for h, group in zip(hyper, groups)]
     state = read_state(source)

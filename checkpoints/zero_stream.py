@@ -182,20 +182,34 @@ class ZeroCheckpoint:
         return [(r, max(lo - r * p, 0), min(hi - r * p, p)) for r in range(lo // p, (hi - 1) // p + 1)]
 
     def read(self, names: list[str], state: str = "fp32") -> dict[str, torch.Tensor]:
+        """{name: the parameter's values in its full shape} for the parameters `names`."""
+        flat = self._read({n: (0, self.places[n].numel) for n in names}, state)
+        return {n: flat.pop(n).reshape(self.places[n].shape) for n in names}
+
+    def read_range(self, name: str, start: int, stop: int, state: str = "fp32") -> torch.Tensor:
+        """Elements [start, stop) of the flattened parameter `name` (1-D): a tensor bigger than memory
+        should hold is read this way, a range at a time."""
+        numel = self.places[name].numel
+        if not 0 <= start <= stop <= numel:
+            raise ValueError(f"{name}: elements {start}..{stop} of {numel}")
+        return self._read({name: (start, stop)}, state)[name]
+
+    def _read(self, ranges: dict[str, tuple[int, int]], state: str) -> dict[str, torch.Tensor]:
         if state not in STATES:
             raise ValueError(f"state {state!r}; valid: {STATES}")
-        flat_out = {n: torch.empty(self.places[n].numel, dtype=torch.float32) for n in names}
-        by_rank: dict[int, list[tuple[str, int, int, int]]] = {}  # rank: (name, offset in it, start, stop)
-        for name in names:
-            place, filled = self.places[name], 0
+        out = {n: torch.empty(hi - lo, dtype=torch.float32) for n, (lo, hi) in ranges.items()}
+        by_rank: dict[int, list[tuple[str, int, int, int]]] = {}  # rank: (name, offset in out, start, stop)
+        for name, (lo, hi) in ranges.items():
+            place, at = self.places[name], 0  # `at`: the parameter's element where this piece begins
             for r, a, b in self._pieces(place):
-                take = min(b - a, place.numel - filled)  # ZeRO-3 pads the last rank's partition
-                if take > 0:
-                    by_rank.setdefault(r, []).append((name, filled, a, a + take))
-                    filled += take
-            if filled < place.numel:
+                take = min(b - a, place.numel - at)  # ZeRO-3 pads the last rank's partition
+                first, last = max(lo, at), min(hi, at + take)  # the wanted part of this piece
+                if first < last:
+                    by_rank.setdefault(r, []).append((name, first - lo, a + first - at, a + last - at))
+                at += max(take, 0)
+            if at < place.numel:
                 raise CheckpointError(f"{self.folder}: {name} needs {place.numel} values, its partitions hold "
-                                      f"{filled}; the checkpoint does not match its param_shapes")
+                                      f"{at}; the checkpoint does not match its param_shapes")
         for rank in sorted(by_rank):
             path = self.files[rank]
             fd = os.open(path, os.O_RDONLY)
@@ -208,7 +222,7 @@ class ZeroCheckpoint:
                         raise CheckpointError(f"{path}: {name} needs elements {a}..{b} of its {state} partition, "
                                               f"which holds {stored.numel}; the checkpoint does not match its "
                                               "param_shapes")
-                    _pread_into(fd, stored.offset + a * 4, flat_out[name][at:at + b - a], path)
+                    _pread_into(fd, stored.offset + a * 4, out[name][at:at + b - a], path)
             finally:
                 os.close(fd)
-        return {n: flat_out.pop(n).reshape(self.places[n].shape) for n in names}
+        return out

@@ -129,8 +129,8 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
     """Write the Hugging Face release of the checkpoint `folder` into `out` (replaced); returns its record.
 
     ZeRO 1-3 checkpoints are read from their fp32 partitions (checkpoints.zero_stream) a read batch at a
-    time (safetensors_io.READ_BYTES, or one tensor if larger) while each file is written: memory holds
-    one batch, not the model nor a whole shard. `progress` (TaskContext.progress) makes the Progress
+    time (safetensors_io.READ_BYTES; a bigger tensor a range of its elements at a time) while each file
+    is written: memory holds one batch, not the model, a whole shard or a whole embedding. `progress` (TaskContext.progress) makes the Progress
     of the tensors written."""
     import torch
 
@@ -154,13 +154,17 @@ def export_checkpoint(folder: Path, tokenizer_dir: Path, out: Path, export: Expo
         got = weights.read([n.removeprefix("transformer.") for n in names])
         return {n: got[n.removeprefix("transformer.")].to(dtype) for n in names}
 
+    def load_range(name: str, start: int, stop: int) -> torch.Tensor:
+        return weights.read_range(name.removeprefix("transformer."), start, stop).to(dtype)
+
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     config.save_pretrained(str(out))
     tracker = progress(total=len(shapes), unit="tensors", what=f"export {folder.name}") if progress else None
     files = write_sharded(list(shapes), lambda n: (shapes[n], dtype), load, out, "model",
-                          int(export.max_shard_gb * 1e9), written=tracker.update if tracker else None)
+                          int(export.max_shard_gb * 1e9), written=tracker.update if tracker else None,
+                          load_range=load_range)
     if tracker is not None:
         tracker.close()
     for name in TOKENIZER_FILES:
@@ -192,6 +196,9 @@ class _WholeModule:
 
     def read(self, names: list[str]) -> dict:
         return {n: self.weights[n] for n in names}
+
+    def read_range(self, name: str, start: int, stop: int):
+        return self.weights[name].reshape(-1)[start:stop]
 
 
 def fp32_weights(folder: Path):

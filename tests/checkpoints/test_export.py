@@ -209,10 +209,14 @@ def assert_equals_zero_to_fp32(exported: dict, folder: Path) -> None:
         assert torch.equal(value, theirs[name].float()), name
 
 
-def test_a_sharded_export_streams_the_zero2_partitions_of_two_ranks(run):
-    """Shards of 20 KB (many), each read from both ranks' partitions: the same tensors as zero_to_fp32."""
+def test_a_sharded_export_streams_the_zero2_partitions_of_two_ranks(run, monkeypatch):
+    """Shards of 20 KB (many), each read from both ranks' partitions, every tensor above 4 KB as ranges of
+    its elements: the same tensors as zero_to_fp32."""
     from safetensors.torch import load_file
 
+    from checkpoints import safetensors_io
+
+    monkeypatch.setattr(safetensors_io, "READ_BYTES", 4096)
     cfg = cfg_of(run, "export.max_shard_gb=0.00002")
     runner.run(cfg, ["export"], executor="inline", force=True)
     out = run[0] / "export" / "global_step12"

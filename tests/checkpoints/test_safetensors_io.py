@@ -82,6 +82,38 @@ def test_a_file_is_written_as_its_tensors_are_read_one_batch_at_a_time(tmp_path)
     assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
 
 
+def test_a_tensor_bigger_than_a_batch_is_asked_for_a_range_of_elements_at_a_time(tmp_path):
+    """With read batches of 1 KB, a 4 x 300 fp32 tensor (4.8 KB) comes from `load_range` in five ranges of
+    256 elements at most, between the whole tensors before and after it; it reads back equal."""
+    want = {"a": torch.arange(10.0), "big": torch.randn(4, 300, generator=torch.Generator().manual_seed(1)),
+            "c": torch.arange(5.0)}
+    asked = []
+
+    def load(names):
+        asked.append(names)
+        return {n: want[n] for n in names}
+
+    def load_range(name, start, stop):
+        asked.append((name, start, stop))
+        return want[name].reshape(-1)[start:stop]
+
+    write_sharded(list(want), lambda n: (tuple(want[n].shape), torch.float32), load, tmp_path, "model",
+                  max_bytes=1 << 20, read_bytes=1024, load_range=load_range)
+    assert asked == [["a"], *[("big", lo, min(lo + 256, 1200)) for lo in range(0, 1200, 256)], ["c"]]
+    got = load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.equal(got[n], want[n]) for n in want)
+
+
+def test_ranges_that_do_not_add_up_to_the_tensor_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="no tensor given for 112 elements of big"):
+        write_sharded(["big"], lambda n: ((600,), torch.float32), lambda names: {}, tmp_path, "model",
+                      max_bytes=1 << 20, read_bytes=1024,
+                      load_range=lambda n, a, b: torch.zeros(min(b - a, 200)))  # 200 + 200 + 88 of 600
+    with pytest.raises(ValueError, match="was given big \\[2, 128\\]"):
+        write_sharded(["big"], lambda n: ((600,), torch.float32), lambda names: {}, tmp_path, "model",
+                      max_bytes=1 << 20, read_bytes=1024, load_range=lambda n, a, b: torch.zeros(2, 128))
+
+
 @pytest.mark.parametrize("given,message", [
     (lambda n: torch.zeros(3), "expected a \\[2\\] torch.float32, was given a \\[3\\]"),
     (lambda n: torch.zeros(2, dtype=torch.float16), "was given a \\[2\\] torch.float16"),
