@@ -27,7 +27,7 @@ from checkpoints import manifest, safe_load
 from checkpoints.layout import TMP_PREFIX, read_state
 from checkpoints.safetensors_io import write_sharded
 from checkpoints.universal import manifest_sha256, optimizer_files
-from checkpoints.zero_stream import STATES, ZeroCheckpoint, parameter_groups
+from checkpoints.zero_stream import STATES, ZeroCheckpoint
 from core.errors import CheckpointError
 
 log = logging.getLogger("graine.checkpoints")
@@ -85,7 +85,7 @@ def _write_states(source: Path, out: Path, max_bytes: int) -> dict:
     import torch
 
     zero = ZeroCheckpoint(source)
-    groups = parameter_groups(source)
+    groups = zero.groups
     names = zero.names
     files = {}
     for state in STATES:

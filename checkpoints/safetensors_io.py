@@ -26,10 +26,8 @@ READ_BYTES = 128 << 20  # tensors asked of `load` at once, within one file
 
 
 def _nbytes(spec: Spec) -> int:
-    import torch
-
     shape, dtype = spec
-    return math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    return math.prod(shape) * dtype.itemsize
 
 
 def write_sharded(names: list[str], spec: Callable[[str], Spec], load: Callable[[list[str]], dict[str, torch.Tensor]],

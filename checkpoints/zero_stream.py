@@ -100,9 +100,11 @@ def _mapped_offset(t: torch.Tensor, path: Path) -> int:
     raise CheckpointError(f"{path}: cannot locate its tensors in the file (no mapping of it holds them)")
 
 
-def locate(path: Path, folder: Path, groups: int) -> dict[tuple[str, int], _Stored | str]:
-    """{(state, group): where its flat tensor lies in the rank file `path`, or why it is not there}."""
-    meta = safe_load.load(path, meta=True)["optimizer_state_dict"]
+def locate(path: Path, folder: Path, groups: int, meta: dict | None = None) -> dict[tuple[str, int], _Stored | str]:
+    """{(state, group): where its flat tensor lies in the rank file `path`, or why it is not there}.
+    `meta`: the file's optimizer_state_dict already loaded on the meta device."""
+    if meta is None:
+        meta = safe_load.load(path, meta=True)["optimizer_state_dict"]
     found: dict[tuple[str, int], _Stored | str] = {}
     mapped = None
     for state in STATES:
@@ -153,8 +155,9 @@ class ZeroCheckpoint:
                                   "the checkpoint is incomplete")
         self.files = [ranks[r] for r in range(len(files))]
         self.world = len(self.files)
-        self.stage = int(safe_load.load(self.files[0], meta=True)["optimizer_state_dict"]["zero_stage"])
-        groups = parameter_groups(self.folder)
+        first = safe_load.load(self.files[0], meta=True)["optimizer_state_dict"]
+        self.stage = int(first["zero_stage"])
+        self.groups = groups = parameter_groups(self.folder)
         self.places: dict[str, _Place] = {}
         for g, shapes in enumerate(groups):
             offset = 0
@@ -162,7 +165,8 @@ class ZeroCheckpoint:
                 numel = math.prod(shape)
                 self.places[name] = _Place(g, shape, numel, offset)
                 offset += numel if self.stage < 3 else math.ceil(numel / self.world)
-        self.stored = [locate(f, self.folder, len(groups)) for f in self.files]
+        self.stored = [locate(f, self.folder, len(groups), first if r == 0 else None)
+                       for r, f in enumerate(self.files)]
         self.partition = [self.stored[0]["fp32", g].numel for g in range(len(groups))]
 
     @property
